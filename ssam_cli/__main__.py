@@ -1,0 +1,3 @@
+from ssam_cli.cli import main
+
+main()

@@ -1,0 +1,63 @@
+"""`ssam merge` and `ssam validate`: the pipeline from a recipe to an output folder (or to a printed plan)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ssam_cli.commands.render import console, plan_table, summary_table
+
+RECIPE = typer.Argument(..., help="The YAML recipe (see docs/recipe.md).", show_default=False)
+
+
+def merge(
+    recipe: Path = RECIPE,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the plan; read no tensor, write nothing."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder (atomically, at the end)."),
+    device: Optional[str] = typer.Option(None, "--device", help="Override the recipe's device: auto, cpu, cuda or cuda:N."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or tables; errors only."),
+) -> None:
+    """Merge the specialists named in RECIPE into one model.
+
+    Reads each weight of every specialist one at a time (never a whole model), merges it with the recipe's
+    method on the device, and writes the output folder atomically with a manifest.json. Example:
+
+        ssam merge recipes/demo.yaml --overwrite
+    """
+    from ssam_cli.engine import prepare, run_merge
+    from ssam_cli.recipe import load_recipe
+
+    r = load_recipe(recipe)
+    if device is not None:
+        r = r.model_copy(update={"device": _checked_device(device)})
+    prepared = prepare(r)
+    if dry_run:
+        console().print(plan_table(prepared))
+        return
+    result = run_merge(prepared, overwrite=overwrite, show_progress=not quiet)
+    if not quiet:
+        console().print(summary_table(prepared, result))
+
+
+def validate(recipe: Path = RECIPE) -> None:
+    """Check RECIPE and its inputs (headers only) and print the plan: tensors per role, output size.
+
+    Nothing is merged and no tensor data is read; exit code 0 means `ssam merge` would start.
+    """
+    from ssam_cli.engine import prepare
+    from ssam_cli.recipe import load_recipe
+
+    prepared = prepare(load_recipe(recipe))
+    console().print(plan_table(prepared))
+
+
+def _checked_device(device: str) -> str:
+    import re
+
+    from ssam_cli.errors import UserError
+
+    if not re.match(r"^(auto|cpu|cuda(:\d+)?)$", device):
+        raise UserError(f"--device: must be auto, cpu, cuda or cuda:N, got {device!r}")
+    return device

@@ -1,0 +1,77 @@
+"""Rich tables the commands print: the plan before a merge, the summary after it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from ssam_cli.engine import Prepared, RunResult
+
+
+def console() -> Console:
+    return Console()
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n:.2f} TB"
+
+
+def plan_table(p: "Prepared") -> Table:
+    from ssam_cli.plan import Role
+
+    r = p.recipe
+    table = Table(title=f"plan: {r.method} → {r.output_path} ({r.output.format})", show_header=True)
+    table.add_column("role")
+    table.add_column("tensors", justify="right")
+    table.add_column("what happens")
+    what = {
+        Role.MERGE: f"merged by {r.method}",
+        Role.AVERAGE: "mean of the specialists (biases, norms)",
+        Role.KEEP: "kept per specialist in modalities/<name>.safetensors",
+        Role.COPY: "base value" + (" (not written: LoRA output)" if r.output.format == "lora" else ""),
+    }
+    for role in Role:
+        table.add_row(role.value, str(p.plan.count(role)), what[role])
+    out = sum(s.nbytes for s in p.output_specs()) + sum(_numel(k.shape) * k.dtype.itemsize for k in p.plan.kept)
+    if r.output.format == "lora":
+        table.caption = "output size: rank-dependent (about (d_out + d_in)·k per merged weight)"
+    else:
+        table.caption = f"estimated output size: {human_bytes(out)}"
+    kinds = ", ".join(f"{n.name} ({n.source.kind})" for n in p.inputs.specialists)
+    table.caption += f"\nspecialists: {kinds}"
+    return table
+
+
+def summary_table(p: "Prepared", result: "RunResult") -> Table:
+    s = result.manifest["summary"]
+    table = Table(title=f"merged → {result.output}", show_header=False)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for role, n in s["tensors"].items():
+        table.add_row(f"tensors: {role}", str(n))
+    merged = [v for v in result.manifest["tensors"].values() if "rank_used" in v]
+    if merged:
+        capped = sum(bool(v.get("rank_capped")) for v in merged)
+        table.add_row("rank used (min–max)", f"{min(v['rank_used'] for v in merged)}–{max(v['rank_used'] for v in merged)}")
+        if capped:
+            table.add_row("rank capped at numerical rank", f"{capped} weight(s)")
+    table.add_row("method / space", f"{result.manifest['method']} / {result.manifest['space']}")
+    table.add_row("device", result.manifest["device"])
+    table.add_row("time", f"{s['seconds']:.2f} s")
+    table.add_row("peak memory (RSS)", f"{s['peak_rss_mb']:.0f} MB")
+    table.add_row("output size", human_bytes(s["output_bytes"]))
+    return table
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n

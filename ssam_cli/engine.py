@@ -1,0 +1,293 @@
+"""Walk the plan one weight at a time: load → merge on the device → cast → write → free.
+
+Memory holds one weight of every specialist (plus the base's), never a whole model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import resource
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from ssam_cli.deltas import Delta, DenseDelta, LowRankDelta
+from ssam_cli.errors import UserError
+from ssam_cli.inputs import Inputs, base_folder, open_inputs
+from ssam_cli.manifest import describe_files, write_manifest
+from ssam_cli.methods import REGISTRY
+from ssam_cli.methods.base import MergeContext
+from ssam_cli.plan import Plan, PlannedTensor, Role, build_plan
+from ssam_cli.recipe import Recipe
+from ssam_cli.writers.atomic import AtomicFolder
+from ssam_cli.writers.full import FullCheckpointWriter, copy_side_files
+from ssam_cli.writers.lora import LoraAdapterWriter
+from ssam_cli.writers.safetensors_stream import StreamingSafetensorsWriter, TensorSpec
+
+COMPUTE = torch.float32
+OUT_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass
+class Prepared:
+    """A validated recipe with its inputs opened and its plan made: what validate prints and merge runs."""
+
+    recipe: Recipe
+    inputs: Inputs
+    plan: Plan
+
+    def out_dtype(self, t: PlannedTensor | TensorSpec) -> torch.dtype:
+        wanted = self.recipe.output.dtype
+        return t.dtype if wanted == "auto" or not t.dtype.is_floating_point else OUT_DTYPES[wanted]
+
+    def output_specs(self) -> list[TensorSpec]:
+        """The tensors the output's weight files will hold (before modality files)."""
+        if self.recipe.output.format == "full":
+            return [TensorSpec(t.name, t.shape, self.out_dtype(t)) for t in self.plan.tensors]
+        return [TensorSpec(t.name, t.shape, self.out_dtype(t)) for t in self.plan.of_role(Role.MERGE)]
+
+
+def prepare(recipe: Recipe) -> Prepared:
+    """Open inputs and plan; every input problem surfaces here, before any tensor is read."""
+    inputs = open_inputs(recipe)
+    plan = build_plan(inputs.base, inputs.specialists, recipe.modules.keep, recipe.modules.average)
+    prepared = Prepared(recipe, inputs, plan)
+    check_format(prepared)
+    return prepared
+
+
+def check_format(p: Prepared) -> None:
+    """A LoRA output needs every change to be a low-rank merge by a method with low-rank output."""
+    if p.recipe.output.format != "lora":
+        return
+    where = f"{p.recipe.source_file}: output.format: lora"
+    if not REGISTRY[p.recipe.method].lowrank_output:
+        raise UserError(f"{where}: method {p.recipe.method} does not produce low-rank updates; use format: full")
+    for t in p.plan.tensors:
+        if t.role is Role.AVERAGE or any(c.kind == "full" for c in t.contributions):
+            who = p.inputs.specialists[t.contributions[0].index].name
+            raise UserError(f"{where}: tensor {t.name} is changed in full by specialist '{who}'; a LoRA output "
+                            "holds only low-rank updates of LoRA specialists; use format: full")
+    if not p.plan.of_role(Role.MERGE):
+        raise UserError(f"{where}: no weight to merge")
+
+
+def pick_device(spec: str) -> torch.device:
+    """`auto` is CUDA when there is one, else the CPU; an explicit CUDA request without CUDA is an error."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"device: {spec} requested but this machine has no CUDA device; use device: auto or cpu")
+        dev = torch.device(spec)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"device: {spec} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+        return dev
+    return torch.device("cpu")
+
+
+def tensor_seed(seed: int, name: str) -> int:
+    """A per-tensor seed independent of processing order, so reruns and partial plans agree."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+def load_deltas(p: Prepared, t: PlannedTensor, device: torch.device,
+                base_value: Optional[torch.Tensor] = None) -> list[Delta]:
+    """One delta per specialist for tensor t, float32 on device (a rank-0 zero where a specialist left it)."""
+    deltas: list[Delta] = []
+    by_index = {c.index: c for c in t.contributions}
+    for i in range(len(p.inputs.specialists)):
+        c = by_index.get(i)
+        if c is None:
+            deltas.append(LowRankDelta.zero(t.shape[:2] if len(t.shape) == 2 else (0, 0), COMPUTE, device))
+        elif c.kind == "lowrank":
+            deltas.append(p.inputs.source(i).read_lowrank(c.key).to(device, COMPUTE))
+        else:
+            if base_value is None:
+                base_value = p.inputs.base.read(t.name).to(device, COMPUTE)
+            deltas.append(DenseDelta(p.inputs.source(i).read(c.key).to(device, COMPUTE) - base_value))
+    return deltas
+
+
+@dataclass
+class RunResult:
+    output: Path
+    manifest: dict[str, Any]
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def run_merge(p: Prepared, *, overwrite: bool = False, device: Optional[str] = None,
+              show_progress: bool = True) -> RunResult:
+    """Merge everything the plan says into an atomic output folder with its manifest."""
+    recipe = p.recipe
+    dev = pick_device(device or recipe.device)
+    atomic = AtomicFolder(recipe.output_path, overwrite)
+    atomic.check_target()
+    started = time.perf_counter()
+    weights = [s.weight for s in recipe.specialists]
+    spec = REGISTRY[recipe.method]
+    stats: dict[str, dict[str, Any]] = {}
+
+    with atomic as folder:
+        fmt = recipe.output.format
+        if fmt == "full":
+            writer: Any = FullCheckpointWriter(folder, p.output_specs(), recipe.output.shard_size)
+        else:
+            writer = LoraAdapterWriter(folder, OUT_DTYPES.get(recipe.output.dtype, torch.bfloat16),
+                                       base_model=recipe.as_run()["base"]["path"])
+        todo = p.plan.tensors if fmt == "full" else p.plan.of_role(Role.MERGE)
+        with _progress(show_progress) as progress:
+            task = progress.add_task("merging", total=len(todo)) if progress else None
+            for t in todo:
+                t0 = time.perf_counter()
+                entry: dict[str, Any] = {"role": t.role.value, "shape": list(t.shape),
+                                         "specialists": [p.inputs.specialists[c.index].name for c in t.contributions]}
+                if t.role is Role.COPY:
+                    writer.write(t.name, p.inputs.base.read(t.name).to(p.out_dtype(t)))  # the base's own value
+                elif t.role is Role.AVERAGE:
+                    writer.write(t.name, _finite(t.name, _average(p, t, dev, weights)).to("cpu", p.out_dtype(t)))
+                else:
+                    entry.update(_merge_one(p, t, dev, weights, spec, writer, fmt))
+                entry["seconds"] = round(time.perf_counter() - t0, 4)
+                stats[t.name] = entry
+                if progress:
+                    progress.advance(task)
+        files = writer.close()
+        modalities = _write_kept(p, folder)
+        if fmt == "full":
+            files += copy_side_files(base_folder(p.inputs), folder)
+        _check_output(p, folder, fmt)
+        counts = {role.value: p.plan.count(role) for role in Role}
+        elapsed = time.perf_counter() - started
+        body = {
+            "recipe": recipe.as_run(),
+            "recipe_file": str(recipe.source_file),
+            "method": recipe.method,
+            "parameters": recipe.method_params().model_dump(mode="json", by_alias=True),
+            "space": recipe.space,
+            "device": str(dev),
+            "seed": recipe.seed,
+            "output": {"format": fmt, "dtype": recipe.output.dtype, "shard_size": recipe.output.shard_size},
+            "inputs": _describe_inputs(p),
+            "tensors": stats,
+            "modalities": modalities,
+            "summary": {"tensors": counts, "seconds": round(elapsed, 3), "peak_rss_mb": peak_rss_mb(),
+                        "output_bytes": sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())},
+        }
+        manifest = write_manifest(folder, body)
+    return RunResult(recipe.output_path, manifest, counts)
+
+
+def _merge_one(p: Prepared, t: PlannedTensor, dev: torch.device, weights: list[float], spec: Any, writer: Any,
+               fmt: str) -> dict[str, Any]:
+    base_value = p.inputs.base.read(t.name).to(dev, COMPUTE) if fmt == "full" else None
+    deltas = load_deltas(p, t, dev, base_value)
+    generator = torch.Generator(device=dev).manual_seed(tensor_seed(p.recipe.seed, t.name))
+    ctx = MergeContext(t.name, len(deltas), dev, generator)
+    params = p.recipe.method_params(t.name)
+    result = spec.merge(deltas, weights, params, ctx)
+    if fmt == "full":
+        merged = base_value + result.delta.dense()
+        writer.write(t.name, _finite(t.name, merged).to("cpu", p.out_dtype(t)))
+    else:
+        if not isinstance(result.delta, LowRankDelta):
+            raise UserError(f"{t.name}: method {spec.name} returned a dense update; use output.format: full")
+        if result.delta.rank:
+            _finite(t.name, result.delta.B)
+            _finite(t.name, result.delta.A)
+            writer.add(t.name, result.delta)
+    return {"parameters": params.model_dump(mode="json", by_alias=True, exclude_none=True), **result.stats}
+
+
+def _average(p: Prepared, t: PlannedTensor, dev: torch.device, weights: list[float]) -> torch.Tensor:
+    """Mean of the specialists' values (a specialist that left the tensor contributes the base value)."""
+    base_value = p.inputs.base.read(t.name).to(dev, COMPUTE)
+    deltas = load_deltas(p, t, dev, base_value)
+    total = sum(weights)
+    out = base_value.clone()
+    for d, w in zip(deltas, weights):
+        if isinstance(d, DenseDelta) or d.rank:
+            out += d.dense().reshape(out.shape) * (w / total)
+    return out
+
+
+def _finite(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.dtype.is_floating_point and not bool(torch.isfinite(tensor).all()):
+        raise UserError(f"{name}: the merged tensor has non-finite values (inf/nan); check the inputs and λ")
+    return tensor
+
+
+def _write_kept(p: Prepared, folder: Path) -> dict[str, Any]:
+    """Each specialist's modality-specific tensors, untouched, in modalities/<name>.safetensors."""
+    out: dict[str, Any] = {}
+    by_specialist: dict[str, list] = {}
+    for k in p.plan.kept:
+        by_specialist.setdefault(k.specialist, []).append(k)
+    for i, named in enumerate(p.inputs.specialists):
+        kept = by_specialist.get(named.name)
+        if not kept:
+            continue
+        (folder / "modalities").mkdir(exist_ok=True)
+        rel = f"modalities/{named.name}.safetensors"
+        w = StreamingSafetensorsWriter(folder / rel, [TensorSpec(k.key, k.shape, k.dtype) for k in kept],
+                                       metadata={"specialist": named.name})
+        for k in kept:
+            w.write(k.key, named.source.read(k.key))
+        w.close()
+        out[named.name] = {"file": rel, "modality": p.recipe.specialists[i].modality,
+                           "tensors": [k.key for k in kept]}
+    return out
+
+
+def _check_output(p: Prepared, folder: Path, fmt: str) -> None:
+    """The output holds every tensor the plan promised, with the planned shape — or the merge fails."""
+    from safetensors import safe_open
+
+    if fmt == "full":
+        expected = {s.name: s.shape for s in p.output_specs()}
+        files = sorted(folder.glob("model*.safetensors"))
+    else:
+        expected = None
+        files = [folder / "adapter_model.safetensors"]
+    found: dict[str, tuple[int, ...]] = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as h:
+            for k in h.keys():
+                found[k] = tuple(h.get_slice(k).get_shape())
+    if expected is not None and found != expected:
+        missing = sorted(set(expected) - set(found))
+        raise RuntimeError(f"output incomplete: {len(missing)} planned tensor(s) missing, e.g. {missing[:3]}")
+    if expected is None and not found:
+        raise RuntimeError("output incomplete: the adapter holds no tensors")
+
+
+def _describe_inputs(p: Prepared) -> list[dict[str, Any]]:
+    """Every input with the sha256 of the files the merge read (the base's weights are not read for LoRA output)."""
+    hash_base = p.recipe.output.format != "lora"
+    rows = [{"role": "base", "name": "base", "path": str(p.inputs.base.path), "revision": p.recipe.base.revision,
+             **p.inputs.base.describe(),
+             "files": describe_files(p.inputs.base.files(), base_folder(p.inputs)) if hash_base else []}]
+    for named, s in zip(p.inputs.specialists, p.recipe.specialists):
+        root = named.source.path if named.source.path.is_dir() else named.source.path.parent
+        rows.append({"role": "specialist", "name": named.name, "path": str(named.source.path), "revision": s.revision,
+                     "modality": s.modality, "weight": s.weight, **named.source.describe(),
+                     "files": describe_files(named.source.files(), root)})
+    return rows
+
+
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _progress(show: bool):
+    if not show:
+        return nullcontext(None)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=Console(stderr=True), transient=False)

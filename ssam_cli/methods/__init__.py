@@ -1,0 +1,12 @@
+"""The one registry of merge methods: recipe name → MethodSpec. Add a method by adding its module here."""
+
+from __future__ import annotations
+
+from ssam_cli.methods import average, ssam, task_arithmetic
+from ssam_cli.methods.base import MethodSpec
+
+REGISTRY: dict[str, MethodSpec] = {spec.name: spec for spec in (ssam.SPEC, task_arithmetic.SPEC, average.SPEC)}
+
+
+def get_method(name: str) -> MethodSpec:
+    return REGISTRY[name]

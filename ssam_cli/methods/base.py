@@ -1,0 +1,69 @@
+"""The contract every merge method fulfils, so the engine, the CLI and the docs treat them alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from ssam_cli.deltas import Delta
+
+
+class MethodParams(BaseModel):
+    """Base of every method's parameter model: unknown keys are an error, `lambda` is spelled as in papers."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class ScaledParams(MethodParams):
+    """Parameters of a method whose paper scales the merged vector by λ (None: the method's default)."""
+
+    lam: Optional[float] = Field(default=None, alias="lambda", description="scale of the merged vector")
+
+
+@dataclass
+class MergeContext:
+    """What a method may need beyond the deltas: where it runs and how to draw reproducible randomness."""
+
+    name: str
+    n_specialists: int
+    device: torch.device
+    generator: Optional[torch.Generator] = None
+
+
+@dataclass
+class MergeResult:
+    """The merged update Δ (added to W_0 by the engine) and figures for the manifest."""
+
+    delta: Delta
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+MergeFn = Callable[[Sequence[Delta], Sequence[float], Any, MergeContext], MergeResult]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A merge method as the registry knows it.
+
+    `merge(deltas, weights, params, ctx)` receives one delta per specialist (a rank-0 LowRankDelta for a
+    specialist that left the weight untouched) and the specialists' recipe weights, all on ctx.device in
+    float32. `lowrank_output` says whether its result is a LowRankDelta when the inputs are (so it can be
+    written as a LoRA adapter).
+    """
+
+    name: str
+    summary: str
+    paper: str
+    params: type[MethodParams]
+    merge: MergeFn
+    lowrank_output: bool = False
+
+
+def resolve_lambda(lam: Optional[float], n: int, default_is_mean: bool) -> float:
+    """λ as given, else 1/n where the paper's default is the mean (SSAM), else 1."""
+    if lam is not None:
+        return lam
+    return 1.0 / n if default_is_mean else 1.0

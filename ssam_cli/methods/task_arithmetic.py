@@ -1,0 +1,29 @@
+"""Task arithmetic (Ilharco et al., 2023): W_0 + λ Σ Δ_i. Stays factored for LoRA inputs (rank Σ r_i)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from ssam_cli.deltas import Delta, frobenius_norm
+from ssam_cli.linalg import weighted_sum
+from ssam_cli.methods.base import MergeContext, MergeResult, MethodSpec, ScaledParams, resolve_lambda
+
+
+class TaskArithmeticParams(ScaledParams):
+    """λ, the scale of the summed task vectors (default 1)."""
+
+
+def merge(deltas: Sequence[Delta], weights: Sequence[float], params: TaskArithmeticParams, ctx: MergeContext) -> MergeResult:
+    lam = resolve_lambda(params.lam, ctx.n_specialists, default_is_mean=False)
+    merged = weighted_sum(deltas, [w * lam for w in weights])
+    return MergeResult(merged, {"lambda": lam, "norm_merged": frobenius_norm(merged)})
+
+
+SPEC = MethodSpec(
+    name="task_arithmetic",
+    summary="sum of the task vectors, × λ",
+    paper="Editing Models with Task Arithmetic (Ilharco et al., ICLR 2023)",
+    params=TaskArithmeticParams,
+    merge=merge,
+    lowrank_output=True,
+)

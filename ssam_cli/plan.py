@@ -1,0 +1,167 @@
+"""Give every tensor of the base and of the specialists a role, from headers alone, and fail early.
+
+merge   2-D weights some specialist changed: the method merges their deltas
+average other floating tensors some specialist changed (biases, norms): mean of the specialists
+keep    modality-specific tensors (modules.keep): written per specialist, never merged
+copy    tensors no specialist changed: the base's own value
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Literal, Optional, Sequence
+
+import torch
+
+from ssam_cli.errors import InputError
+from ssam_cli.sources.base import Source, TensorInfo
+
+
+class Role(str, Enum):
+    MERGE = "merge"
+    AVERAGE = "average"
+    KEEP = "keep"
+    COPY = "copy"
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """Specialist `index` changes the tensor, by a full value or a low-rank delta stored as `key`."""
+
+    index: int
+    kind: Literal["full", "lowrank"]
+    key: str
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    name: str
+    role: Role
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    contributions: tuple[Contribution, ...] = ()
+
+
+@dataclass(frozen=True)
+class KeptTensor:
+    specialist: str
+    key: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+@dataclass
+class Plan:
+    """What the engine will do, in the order it will do it (layer by layer)."""
+
+    tensors: list[PlannedTensor]
+    kept: list[KeptTensor] = field(default_factory=list)
+
+    def count(self, role: Role) -> int:
+        if role is Role.KEEP:
+            return len(self.kept)
+        return sum(t.role is role for t in self.tensors)
+
+    def of_role(self, role: Role) -> list[PlannedTensor]:
+        return [t for t in self.tensors if t.role is role]
+
+
+@dataclass(frozen=True)
+class NamedSource:
+    """A specialist's source with the name the recipe gave it (for messages and modality files)."""
+
+    name: str
+    source: Source
+
+
+_LAYER = re.compile(r"\.(\d+)\.")
+
+
+def layer_of(name: str) -> int:
+    """The first block index in a tensor name (-1 for tensors outside the repeated blocks)."""
+    m = _LAYER.search(name)
+    return int(m.group(1)) if m else -1
+
+
+def matches(name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def map_to_base(name: str, base: dict[str, TensorInfo]) -> Optional[str]:
+    """The base tensor an adapter key names: exact, else after dropping leading wrapper parts, else a unique
+    base name ending with it (PEFT wraps base names in prefixes that depend on the model class)."""
+    if name in base:
+        return name
+    parts = name.split(".")
+    for i in range(1, len(parts) - 1):
+        if ".".join(parts[i:]) in base:
+            return ".".join(parts[i:])
+    hits = [b for b in base if b.endswith("." + name)]
+    return hits[0] if len(hits) == 1 else None
+
+
+def build_plan(base: Source, specialists: Sequence[NamedSource], keep: Sequence[str] = (),
+               average: Sequence[str] = ()) -> Plan:
+    """Pair every tensor by name, check shapes and dtypes, and assign roles. Raises InputError naming
+    tensor and file on any mismatch, missing tensor or unexplained extra tensor."""
+    base_infos = base.tensors
+    contributions: dict[str, list[Contribution]] = {name: [] for name in base_infos}
+    kept: list[KeptTensor] = []
+
+    for index, named in enumerate(specialists):
+        src = named.source
+        where = f"specialist '{named.name}' ({src.path})"
+        for key, info in src.tensors.items():
+            # Full checkpoints name tensors exactly; only adapters wrap names (a vision tower's
+            # `vision_tower.model.layers.0...` must never be paired with the decoder's `model.layers.0...`).
+            target = key if key in base_infos else None if src.kind == "full" else map_to_base(key, base_infos)
+            if matches(key, keep):
+                kept.append(KeptTensor(named.name, key, info.shape, info.dtype))
+                continue
+            if target is None:
+                raise InputError(f"{where}: tensor {key} is not in the base ({base.path}); if it is "
+                                 "modality-specific, add a pattern for it to modules.keep")
+            _check_pair(target, base_infos[target], info, where, base)
+            contributions[target].append(Contribution(index, "full", key))
+        for key, info in src.lowrank.items():
+            target = map_to_base(key, base_infos)
+            if target is None:
+                raise InputError(f"{where}: LoRA target {key} matches no weight of the base ({base.path})")
+            if matches(target, keep):
+                raise InputError(f"{where}: LoRA target {target} matches modules.keep; a kept tensor must be stored "
+                                 "whole, not as a low-rank update")
+            if tuple(base_infos[target].shape) != tuple(info.shape):
+                raise InputError(f"{where}: LoRA on {target} has shape {tuple(info.shape)}, the base weight "
+                                 f"{tuple(base_infos[target].shape)}")
+            contributions[target].append(Contribution(index, "lowrank", key))
+        if src.kind == "full":
+            missing = [n for n in base_infos if n not in src.tensors and not matches(n, keep)]
+            if missing:
+                raise InputError(f"{where}: tensor {missing[0]} of the base is missing"
+                                 + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+
+    planned = []
+    for name, info in base_infos.items():
+        contrib = tuple(contributions[name])
+        if matches(name, keep) or not contrib or not info.dtype.is_floating_point:
+            role = Role.COPY
+            contrib = ()
+        elif len(info.shape) == 2 and not matches(name, average):
+            role = Role.MERGE
+        else:
+            role = Role.AVERAGE
+        planned.append(PlannedTensor(name, role, tuple(info.shape), info.dtype, contrib))
+    order = {name: i for i, name in enumerate(base_infos)}
+    planned.sort(key=lambda t: (layer_of(t.name), order[t.name]))
+    return Plan(planned, kept)
+
+
+def _check_pair(name: str, base_info: TensorInfo, info: TensorInfo, where: str, base: Source) -> None:
+    if tuple(info.shape) != tuple(base_info.shape):
+        raise InputError(f"{where}: tensor {name} has shape {tuple(info.shape)}, the base ({base.path}) "
+                         f"{tuple(base_info.shape)}")
+    if info.dtype.is_floating_point != base_info.dtype.is_floating_point:
+        raise InputError(f"{where}: tensor {name} is {info.dtype}, the base ({base.path}) {base_info.dtype}")

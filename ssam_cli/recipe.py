@@ -1,0 +1,272 @@
+"""The recipe: a YAML file validated into pydantic models, with errors that name the file and the field.
+
+Validation is pure (no tensor is read): structure here, method parameters through the method's own model,
+paths resolved against the recipe's folder.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ssam_cli.errors import RecipeError
+
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ModelRef(_Strict):
+    """A checkpoint: a local folder (relative to the recipe) or a Hub repo id, with an optional revision."""
+
+    path: str
+    revision: Optional[str] = None
+
+    @field_validator("path")
+    @classmethod
+    def _non_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must be a folder or a Hub repo id, got an empty string")
+        return v
+
+
+class Specialist(ModelRef):
+    """One fine-tuned specialist of the base."""
+
+    name: str
+    weight: float = Field(default=1.0, gt=0)
+    modality: Optional[str] = None
+    format: Literal["auto", "full", "lora", "modelcompose"] = "auto"
+    encoders: dict[str, str] = Field(default_factory=dict, description="config key → new encoder path (ModelCompose)")
+
+    @field_validator("name")
+    @classmethod
+    def _file_safe(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(f"must be letters, digits, '_', '-' or '.', usable as a file name, got {v!r}")
+        return v
+
+
+class Override(_Strict):
+    """Different method parameters for the tensors whose names match `pattern` (a glob)."""
+
+    pattern: str
+    parameters: dict[str, Any]
+
+
+class Modules(_Strict):
+    """Glob patterns over tensor names."""
+
+    keep: list[str] = Field(default_factory=list, description="modality-specific: kept per specialist, never merged")
+    average: list[str] = Field(default_factory=list, description="2-D tensors to average instead of merge")
+    overrides: list[Override] = Field(default_factory=list)
+
+
+class Output(_Strict):
+    path: str
+    format: Literal["full", "lora", "modelcompose"] = "full"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    shard_size: Union[int, str] = Field(default="5GB", validate_default=True)
+    safetensors: bool = Field(default=False, description="modelcompose format: safetensors instead of adapter_model.bin")
+
+    @field_validator("shard_size")
+    @classmethod
+    def _size(cls, v: Union[int, str]) -> int:
+        return parse_size(v)
+
+
+class Recipe(_Strict):
+    method: str = "ssam"
+    base: ModelRef
+    specialists: list[Specialist]
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    space: Literal["dense", "factor", "core"] = "dense"
+    modules: Modules = Field(default_factory=Modules)
+    output: Output
+    device: str = "auto"
+    seed: int = 0
+
+    # Set by load_recipe, not by the YAML.
+    source_file: Path = Field(default=Path("recipe.yaml"), exclude=True)
+
+    @field_validator("base", mode="before")
+    @classmethod
+    def _base_string(cls, v: Any) -> Any:
+        return {"path": v} if isinstance(v, str) else v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not _DEVICE.match(v):
+            raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {v!r}")
+        return v
+
+    @field_validator("specialists")
+    @classmethod
+    def _specialists(cls, v: list[Specialist]) -> list[Specialist]:
+        if not v:
+            raise ValueError("must list at least one specialist")
+        seen: set[str] = set()
+        for s in v:
+            if s.name in seen:
+                raise ValueError(f"names must be unique, {s.name!r} appears twice")
+            seen.add(s.name)
+        return v
+
+    @model_validator(mode="after")
+    def _method_known(self) -> "Recipe":
+        from ssam_cli.methods import REGISTRY
+
+        if self.method not in REGISTRY:
+            raise ValueError(f"method: must be one of {', '.join(sorted(REGISTRY))}, got {self.method!r}")
+        return self
+
+    @property
+    def folder(self) -> Path:
+        return self.source_file.parent
+
+    def local_path(self, ref: ModelRef) -> Path:
+        """The path of a local input, resolved against the recipe's folder."""
+        return (self.folder / Path(ref.path).expanduser()).resolve()
+
+    @property
+    def output_path(self) -> Path:
+        return (self.folder / Path(self.output.path).expanduser()).resolve()
+
+    def method_params(self, tensor_name: Optional[str] = None) -> BaseModel:
+        """The method's validated parameters, with the last matching override applied for `tensor_name`."""
+        from ssam_cli.methods import REGISTRY
+
+        merged = dict(self.parameters)
+        if tensor_name is not None:
+            for o in self.modules.overrides:
+                if fnmatch.fnmatchcase(tensor_name, o.pattern):
+                    merged.update(o.parameters)
+        return REGISTRY[self.method].params.model_validate(merged)
+
+    def as_run(self) -> dict[str, Any]:
+        """The recipe with every local path made absolute, for the manifest."""
+        data = self.model_dump(mode="json", by_alias=True)
+        data["base"]["path"] = _absolute_if_local(self, self.base)
+        for s, spec in zip(data["specialists"], self.specialists):
+            s["path"] = _absolute_if_local(self, spec)
+        data["output"]["path"] = str(self.output_path)
+        return data
+
+
+def _absolute_if_local(recipe: Recipe, ref: ModelRef) -> str:
+    p = recipe.local_path(ref)
+    return str(p) if p.exists() else ref.path
+
+
+def parse_size(v: Union[int, str]) -> int:
+    """'5GB' → 5·10⁹ bytes, '500MiB' → 500·2²⁰; a plain integer is bytes."""
+    if isinstance(v, bool):
+        raise ValueError(f"must be a size like 5GB or 500MiB, got {v!r}")
+    if isinstance(v, int):
+        size = v
+    else:
+        m = _SIZE.match(v)
+        if not m:
+            raise ValueError(f"must be a size like 5GB or 500MiB, got {v!r}")
+        size = int(float(m.group(1)) * _UNITS[(m.group(2) or "").upper()])
+    if size <= 0:
+        raise ValueError(f"must be a positive size, got {v!r}")
+    return size
+
+
+def load_recipe(path: Path) -> Recipe:
+    """Read and validate a recipe; any problem is a RecipeError naming the file and the field."""
+    label = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise RecipeError(label, "", f"cannot read: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise RecipeError(label, "", f"not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(label, "", f"must be a mapping of recipe keys, got {type(data).__name__}")
+    try:
+        recipe = Recipe.model_validate({**data, "source_file": Path(path).resolve()})
+    except ValidationError as e:
+        field, message = describe_error(e)
+        raise RecipeError(label, field, message) from None
+    _check_parameters(recipe, label)
+    return recipe
+
+
+def _check_parameters(recipe: Recipe, label: str) -> None:
+    try:
+        recipe.method_params()
+    except ValidationError as e:
+        field, message = describe_error(e)
+        raise RecipeError(label, _join("parameters", field), message) from None
+    for i, o in enumerate(recipe.modules.overrides):
+        try:
+            from ssam_cli.methods import REGISTRY
+
+            REGISTRY[recipe.method].params.model_validate({**recipe.parameters, **o.parameters})
+        except ValidationError as e:
+            field, message = describe_error(e)
+            raise RecipeError(label, _join(f"modules.overrides[{i}].parameters", field), message) from None
+
+
+def _join(prefix: str, field: str) -> str:
+    return f"{prefix}.{field}" if field else prefix
+
+
+def describe_error(e: ValidationError) -> tuple[str, str]:
+    """The first pydantic error as (dotted field with [i] indices, plain-English expectation)."""
+    err = e.errors()[0]
+    field = ""
+    for part in err["loc"]:
+        if isinstance(part, int):
+            field += f"[{part}]"
+        elif part not in ("function-after", "function-before") and not str(part).startswith(("str", "int", "dict")):
+            field = f"{field}.{part}" if field else str(part)
+    return field, _message(err)
+
+
+def _message(err: dict[str, Any]) -> str:
+    kind, got, ctx = err["type"], err.get("input"), err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return "unknown key (see docs/recipe.md for the keys a recipe takes)"
+    if kind == "missing":
+        return "is required"
+    if kind == "greater_than":
+        if ctx.get("gt") == 0 and isinstance(got, int) and not isinstance(got, bool):
+            return f"must be a positive integer, got {got!r}"
+        return f"must be greater than {ctx.get('gt')}, got {got!r}"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"must be an integer, got {got!r}"
+    if kind in ("float_type", "float_parsing"):
+        return f"must be a number, got {got!r}"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"must be true or false, got {got!r}"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')}, got {got!r}"
+    if kind in ("string_type",):
+        return f"must be a string, got {got!r}"
+    if kind in ("list_type",):
+        return f"must be a list, got {got!r}"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"must be a mapping, got {got!r}"
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    return err["msg"]

@@ -1,0 +1,170 @@
+"""A PEFT LoRA adapter: `adapter_config.json` + `adapter_model.safetensors` (or a weights-only `.bin`).
+
+Every lora_A/lora_B pair becomes a LowRankDelta on the base weight it targets, with PEFT's scale
+alpha/r (alpha/√r with use_rslora; rank_pattern/alpha_pattern honoured). Keys lose PEFT's wrapping
+(`base_model.model.`, the adapter name, `modules_to_save.<name>`) so they name base tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ssam_cli.deltas import LowRankDelta
+from ssam_cli.errors import InputError
+from ssam_cli.sources.base import LowRankInfo, Source, TensorInfo
+from ssam_cli.sources.safetensors_files import SafetensorsFiles
+
+CONFIG = "adapter_config.json"
+WEIGHTS = "adapter_model.safetensors"
+PICKLED = "adapter_model.bin"
+PREFIX = "base_model.model."
+_LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<embedding>embedding_)?(?P<side>[AB])(?:\.(?P<adapter>[^.]+))?(?:\.weight)?$")
+
+
+def is_lora_adapter(path: Path) -> bool:
+    return path.is_dir() and (path / CONFIG).is_file()
+
+
+@dataclass(frozen=True)
+class _Pair:
+    a_key: str
+    b_key: str
+    embedding: bool
+
+
+class LoraAdapter(Source):
+    """Low-rank deltas of a PEFT adapter, plus any full tensors it saves (modules_to_save)."""
+
+    kind = "lora"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.config = self._read_config(path / CONFIG)
+        self._weights_file, self._store = self._open_weights(path)
+        self._pairs: dict[str, _Pair] = {}
+        self._full: dict[str, str] = {}
+        self._lowrank: dict[str, LowRankInfo] = {}
+        self._classify()
+
+    @staticmethod
+    def _read_config(path: Path) -> dict:
+        try:
+            config = json.loads(path.read_text())
+        except ValueError as e:
+            raise InputError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(config, dict):
+            raise InputError(f"{path}: expected a JSON object")
+        peft_type = str(config.get("peft_type", "LORA")).upper()
+        if peft_type != "LORA":
+            raise InputError(f"{path}: peft_type {peft_type} is not supported (only LORA)")
+        if config.get("use_dora"):
+            raise InputError(f"{path}: DoRA adapters are not supported (use_dora: true); merge their full weights instead")
+        for key in ("r", "lora_alpha"):
+            if not isinstance(config.get(key), (int, float)) or config[key] <= 0:
+                raise InputError(f"{path}: {key} must be a positive number, got {config.get(key)!r}")
+        return config
+
+    @staticmethod
+    def _open_weights(path: Path) -> tuple[Path, SafetensorsFiles | dict[str, torch.Tensor]]:
+        if (path / WEIGHTS).is_file():
+            return path / WEIGHTS, SafetensorsFiles.from_paths([path / WEIGHTS])
+        if (path / PICKLED).is_file():
+            return path / PICKLED, load_tensor_pickle(path / PICKLED)
+        raise InputError(f"{path}: no {WEIGHTS} (or {PICKLED}) beside {CONFIG}")
+
+    def _info(self, key: str) -> TensorInfo:
+        if isinstance(self._store, SafetensorsFiles):
+            return self._store.infos[key]
+        t = self._store[key]
+        return TensorInfo(tuple(t.shape), t.dtype)
+
+    def _raw(self, key: str) -> torch.Tensor:
+        return self._store.read(key) if isinstance(self._store, SafetensorsFiles) else self._store[key]
+
+    def _keys(self) -> list[str]:
+        return list(self._store.infos if isinstance(self._store, SafetensorsFiles) else self._store)
+
+    def _classify(self) -> None:
+        halves: dict[tuple[str, bool], dict[str, str]] = {}
+        for key in self._keys():
+            name = key[len(PREFIX):] if key.startswith(PREFIX) else key
+            m = _LORA_KEY.match(name)
+            if m:
+                if ".lora_magnitude_vector" in name:
+                    raise InputError(f"{self._weights_file}: {key}: DoRA magnitude vectors are not supported")
+                halves.setdefault((m["module"], bool(m["embedding"])), {})[m["side"]] = key
+                continue
+            if "lora_magnitude_vector" in name:
+                raise InputError(f"{self._weights_file}: {key}: DoRA magnitude vectors are not supported")
+            name = re.sub(r"\.modules_to_save\.[^.]+\.", ".", name)
+            self._full[name] = key
+        for (module, embedding), sides in halves.items():
+            if set(sides) != {"A", "B"}:
+                missing = "lora_B" if "A" in sides else "lora_A"
+                raise InputError(f"{self._weights_file}: {module}: has no {missing} to pair with")
+            a, b = self._info(sides["A"]), self._info(sides["B"])
+            if len(a.shape) != 2 or len(b.shape) != 2:
+                raise InputError(f"{self._weights_file}: {module}: only linear and embedding LoRA are supported "
+                                 f"(got lora_A {a.shape})")
+            if embedding:  # lora_embedding_A: r × num_embeddings, B: dim × r; ΔW = (B A)ᵀ
+                r, shape = a.shape[0], (a.shape[1], b.shape[0])
+            else:
+                r, shape = a.shape[0], (b.shape[0], a.shape[1])
+            if b.shape[1] != r:
+                raise InputError(f"{self._weights_file}: {module}: lora_A rank {r} and lora_B rank {b.shape[1]} differ")
+            weight = f"{module}.weight"
+            self._pairs[weight] = _Pair(sides["A"], sides["B"], embedding)
+            self._lowrank[weight] = LowRankInfo(shape, r)
+
+    def scale(self, weight: str, rank: int) -> float:
+        """PEFT's scaling for the module: alpha/r, or alpha/√r with use_rslora; alpha_pattern wins."""
+        module = weight[: -len(".weight")]
+        alpha = float(self.config["lora_alpha"])
+        for key, value in (self.config.get("alpha_pattern") or {}).items():
+            if re.match(rf"(.*\.)?({key})$", module):
+                alpha = float(value)
+        denominator = math.sqrt(rank) if self.config.get("use_rslora") else rank
+        return alpha / denominator
+
+    @property
+    def tensors(self) -> dict[str, TensorInfo]:
+        return {name: self._info(key) for name, key in self._full.items()}
+
+    @property
+    def lowrank(self) -> dict[str, LowRankInfo]:
+        return self._lowrank
+
+    def read(self, name: str) -> torch.Tensor:
+        return self._raw(self._full[name])
+
+    def read_lowrank(self, name: str) -> LowRankDelta:
+        pair = self._pairs[name]
+        A, B = self._raw(pair.a_key), self._raw(pair.b_key)
+        scale = self.scale(name, A.shape[0])
+        if pair.embedding:
+            return LowRankDelta(A.T, B.T, scale)
+        return LowRankDelta(B, A, scale)
+
+    def files(self) -> list[Path]:
+        return [self.path / CONFIG, self._weights_file]
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "r": self.config["r"], "lora_alpha": self.config["lora_alpha"],
+                "use_rslora": bool(self.config.get("use_rslora")), "targets": len(self._lowrank)}
+
+
+def load_tensor_pickle(path: Path) -> dict[str, torch.Tensor]:
+    """A torch pickle holding only a dict of tensors; anything else is refused, never executed."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # weights_only raises UnpicklingError for any non-tensor object
+        raise InputError(f"{path}: refused to load: not a plain dict of tensors ({str(e).splitlines()[0]})") from None
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise InputError(f"{path}: refused to load: expected a dict of name → tensor")
+    return obj

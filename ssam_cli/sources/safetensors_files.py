@@ -1,0 +1,77 @@
+"""Lazy access to tensors spread over safetensors files: headers up front, one tensor read at a time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from ssam_cli.errors import InputError
+from ssam_cli.sources.base import TensorInfo
+
+DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+class SafetensorsFiles:
+    """A name → file map over one or more safetensors files, with their headers read once."""
+
+    def __init__(self, files: dict[str, Path]) -> None:
+        self._file_of = files
+        self._handles: dict[Path, object] = {}
+        self.infos: dict[str, TensorInfo] = {}
+        for path in sorted(set(files.values())):
+            handle = self._open(path)
+            for name in handle.keys():
+                if files.get(name) != path:
+                    continue
+                sl = handle.get_slice(name)
+                dtype = DTYPES.get(sl.get_dtype())
+                if dtype is None:
+                    raise InputError(f"{path}: tensor {name}: unsupported dtype {sl.get_dtype()}")
+                self.infos[name] = TensorInfo(tuple(sl.get_shape()), dtype)
+        missing = sorted(set(files) - set(self.infos))
+        if missing:
+            raise InputError(f"{files[missing[0]]}: tensor {missing[0]} is listed in the index but not in the file")
+
+    @classmethod
+    def from_paths(cls, paths: list[Path]) -> "SafetensorsFiles":
+        """Every tensor of the given files; a name found in two files is an error."""
+        mapping: dict[str, Path] = {}
+        for path in paths:
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    names = list(f.keys())
+            except Exception as e:  # safetensors raises its own error types for a corrupt header
+                raise InputError(f"{path}: not a readable safetensors file ({e})") from None
+            for name in names:
+                if name in mapping:
+                    raise InputError(f"{path}: tensor {name} is also in {mapping[name]}")
+                mapping[name] = path
+        return cls(mapping)
+
+    def _open(self, path: Path):
+        handle = self._handles.get(path)
+        if handle is None:
+            try:
+                handle = safe_open(str(path), framework="pt")
+            except FileNotFoundError:
+                raise InputError(f"{path}: file not found") from None
+            except Exception as e:
+                raise InputError(f"{path}: not a readable safetensors file ({e})") from None
+            self._handles[path] = handle
+        return handle
+
+    def read(self, name: str) -> torch.Tensor:
+        return self._open(self._file_of[name]).get_tensor(name)
+
+    def file_of(self, name: str) -> Path:
+        return self._file_of[name]
+
+    @property
+    def files(self) -> list[Path]:
+        return sorted(set(self._file_of.values()))

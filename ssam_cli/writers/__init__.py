@@ -1,0 +1,1 @@
+"""Where merged tensors go: sharded safetensors, PEFT adapters, modality files; always atomically."""
