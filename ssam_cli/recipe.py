@@ -46,7 +46,7 @@ class Specialist(ModelRef):
     """One fine-tuned specialist of the base."""
 
     name: str
-    weight: float = Field(default=1.0, gt=0)
+    weight: float = Field(default=1.0, gt=0.0)
     modality: Optional[str] = None
     format: Literal["auto", "full", "lora", "modelcompose"] = "auto"
     encoders: dict[str, str] = Field(default_factory=dict, description="config key → new encoder path (ModelCompose)")
@@ -250,8 +250,6 @@ def _message(err: dict[str, Any]) -> str:
     if kind == "missing":
         return "is required"
     if kind == "greater_than":
-        if ctx.get("gt") == 0 and isinstance(got, int) and not isinstance(got, bool):
-            return f"must be a positive integer, got {got!r}"
         return f"must be greater than {ctx.get('gt')}, got {got!r}"
     if kind in ("int_type", "int_parsing", "int_from_float"):
         return f"must be an integer, got {got!r}"

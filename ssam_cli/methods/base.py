@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Annotated, Any, Callable, Optional, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ssam_cli.deltas import Delta
+
+
+def _positive_int(v: int) -> int:
+    if v <= 0:
+        raise ValueError(f"must be a positive integer, got {v}")
+    return v
+
+
+PositiveRank = Annotated[int, AfterValidator(_positive_int)]
 
 
 class MethodParams(BaseModel):

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from pydantic import PositiveInt
-
 from ssam_cli.deltas import Delta, LowRankDelta, frobenius_norm
 from ssam_cli.linalg import consensus_bases, project_sum, weighted_sum
-from ssam_cli.methods.base import MergeContext, MergeResult, MethodSpec, ScaledParams, resolve_lambda
+from ssam_cli.methods.base import MergeContext, MergeResult, MethodSpec, PositiveRank, ScaledParams, resolve_lambda
 
 
 class SsamParams(ScaledParams):
     """k, the consensus subspace rank (paper: 128), and λ (paper: 1/n)."""
 
-    rank: PositiveInt = 128
+    rank: PositiveRank = 128
 
 
 def merge(deltas: Sequence[Delta], weights: Sequence[float], params: SsamParams, ctx: MergeContext) -> MergeResult:

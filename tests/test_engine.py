@@ -1,0 +1,151 @@
+"""End to end through the engine on tiny checkpoints: values against the float64 reference, atomicity,
+determinism, LoRA output ≡ full output, modality files."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ssam_cli.engine import prepare, run_merge
+from ssam_cli.errors import UserError
+from ssam_cli.methods import REGISTRY
+from ssam_cli.recipe import load_recipe
+from ssam_cli.sources import open_source
+from tests.fixtures.tiny import make_full_specialist, write_recipe
+from tests.reference import rel_err, ssam_reference
+
+Q = "model.layers.1.self_attn.q_proj.weight"
+DOWN = "model.layers.0.mlp.down_proj.weight"
+
+
+def merge(tiny, names, **fields):
+    r = write_recipe(tiny / "recipe.yaml", tiny / "base", [(n, tiny / n) for n in names], **fields)
+    return run_merge(prepare(load_recipe(r)), show_progress=False, overwrite=True)
+
+
+def weights(folder):
+    out = {}
+    for f in sorted(folder.glob("model*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
+
+
+def true_deltas(tiny, names, tensor):
+    base = open_source(tiny / "base").read(tensor)
+    out = []
+    for n in names:
+        src = open_source(tiny / n)
+        out.append(src.read_lowrank(tensor).dense() if tensor in src.lowrank else src.read(tensor) - base)
+    return base, out
+
+
+@pytest.mark.parametrize("tensor", [Q, DOWN])
+def test_full_output_equals_base_plus_algorithm_1(tiny, tensor):
+    result = merge(tiny, ["a", "b", "c"], parameters={"rank": 7}, output={"dtype": "float32"})
+    base, deltas = true_deltas(tiny, ["a", "b", "c"], tensor)
+    got = weights(result.output)[tensor] - base
+    assert rel_err(got, ssam_reference(deltas, 7, 1 / 3)) < 1e-5
+    entry = result.manifest["tensors"][tensor]
+    assert entry["role"] == "merge" and entry["rank_used"] == 7 and entry["specialists"] == ["a", "b", "c"]
+
+
+def test_norms_are_the_mean_of_the_specialists(tiny):
+    result = merge(tiny, ["a", "c"], output={"dtype": "float32"})
+    name = "model.layers.0.input_layernorm.weight"
+    base, c = open_source(tiny / "base").read(name), open_source(tiny / "c").read(name)
+    assert torch.allclose(weights(result.output)[name], (base + c) / 2, atol=1e-6)
+
+
+def test_lora_output_applied_to_the_base_equals_the_full_output(tiny):
+    full = weights(merge(tiny, ["a", "b"], parameters={"rank": 5}, output={"dtype": "float32"}).output)
+    lora = merge(tiny, ["a", "b"], parameters={"rank": 5}, output={"path": "lo", "format": "lora", "dtype": "float32"})
+    cfg = json.loads((lora.output / "adapter_config.json").read_text())
+    assert cfg["r"] == cfg["lora_alpha"] == 5 and len(cfg["target_modules"]) == 14
+    adapter = open_source(lora.output)
+    base = open_source(tiny / "base")
+    for name in adapter.lowrank:
+        applied = base.read(name) + adapter.read_lowrank(name).dense()
+        assert torch.allclose(applied, full[name], atol=1e-6), name
+    assert lora.manifest["inputs"][0]["files"] == []  # base weights were not read, so not hashed
+
+
+def test_manifest_records_inputs_hashes_parameters_and_output_files(tiny):
+    result = merge(tiny, ["a", "c"], parameters={"rank": 3, "lambda": 0.8}, seed=7)
+    m = json.loads((result.output / "manifest.json").read_text())
+    assert m["method"] == "ssam" and m["parameters"] == {"lambda": 0.8, "rank": 3} and m["seed"] == 7
+    spec_a = next(i for i in m["inputs"] if i["name"] == "a")
+    sha = hashlib.sha256((tiny / "a" / "adapter_model.safetensors").read_bytes()).hexdigest()
+    assert {"path": "adapter_model.safetensors", "sha256": sha} .items() <= {
+        k: v for f in spec_a["files"] if f["path"] == "adapter_model.safetensors" for k, v in f.items()}.items()
+    listed = {f["path"] for f in m["files"]}
+    assert {"model.safetensors", "config.json"} <= listed and "manifest.json" not in listed
+    assert m["summary"]["tensors"]["merge"] == 16
+
+
+def test_reruns_are_bit_identical(tiny):
+    first = (merge(tiny, ["a", "b", "c"]).output / "model.safetensors").read_bytes()
+    second = (merge(tiny, ["a", "b", "c"]).output / "model.safetensors").read_bytes()
+    assert first == second
+
+
+def test_small_shards_write_an_index_that_covers_every_tensor(tiny):
+    result = merge(tiny, ["a"], output={"shard_size": "20KB"})
+    index = json.loads((result.output / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == set(open_source(tiny / "base").tensors)
+    assert len(set(index["weight_map"].values())) > 1
+
+
+def test_a_merge_killed_midway_leaves_no_target(tiny, monkeypatch):
+    import ssam_cli.methods.ssam as ssam_method
+
+    calls = {"n": 0}
+    real = ssam_method.SPEC.merge
+
+    def dies_on_third(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setitem(REGISTRY, "ssam", dataclasses.replace(ssam_method.SPEC, merge=dies_on_third))
+    with pytest.raises(KeyboardInterrupt):
+        merge(tiny, ["a", "b"])
+    assert not (tiny / "out").exists()
+    assert not [p for p in tiny.iterdir() if p.name.startswith(".out")]
+
+
+def test_modality_tensors_are_kept_byte_identical_per_specialist(tiny):
+    proj = torch.randn(32, 16).to(torch.bfloat16)
+    make_full_specialist(tiny / "v", tiny / "base", seed=9, extra={"model.mm_projector.weight": proj})
+    result = merge(tiny, ["a", "v"], modules={"keep": ["*mm_projector*"]})
+    kept = load_file(str(result.output / "modalities" / "v.safetensors"))
+    assert torch.equal(kept["model.mm_projector.weight"], proj)
+    assert "model.mm_projector.weight" not in weights(result.output)
+    assert result.manifest["modalities"]["v"]["tensors"] == ["model.mm_projector.weight"]
+
+
+def test_lora_format_with_a_full_specialist_is_refused_before_merging(tiny):
+    r = write_recipe(tiny / "recipe.yaml", tiny / "base", [("a", tiny / "a"), ("c", tiny / "c")],
+                     output={"path": "o", "format": "lora"})
+    with pytest.raises(UserError, match="changed in full by specialist 'c'.*use format: full"):
+        prepare(load_recipe(r))
+
+
+def test_cuda_without_cuda_is_a_one_line_error(tiny):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    r = write_recipe(tiny / "recipe.yaml", tiny / "base", [("a", tiny / "a")], device="cuda")
+    with pytest.raises(UserError, match="device: cuda requested but this machine has no CUDA device"):
+        run_merge(prepare(load_recipe(r)), show_progress=False)
+
+
+def test_output_dtype_auto_keeps_base_dtype_and_bfloat16_casts(tiny):
+    result = merge(tiny, ["a"], output={"dtype": "bfloat16"})
+    assert weights(result.output)[Q].dtype == torch.bfloat16
+    result = merge(tiny, ["a"])
+    assert weights(result.output)[Q].dtype == torch.float32
