@@ -8,10 +8,13 @@ from __future__ import annotations
 import hashlib
 import resource
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from itertools import islice
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
@@ -95,22 +98,62 @@ def tensor_seed(seed: int, name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") & ((1 << 63) - 1)
 
 
-def load_deltas(p: Prepared, t: PlannedTensor, device: torch.device,
-                base_value: Optional[torch.Tensor] = None) -> list[Delta]:
-    """One delta per specialist for tensor t, float32 on device (a rank-0 zero where a specialist left it)."""
+@dataclass
+class Loaded:
+    """One planned tensor's inputs as stored on disk (CPU): the base value if needed, and each contribution."""
+
+    tensor: PlannedTensor
+    base: Optional[torch.Tensor]
+    parts: dict[int, Any]  # specialist index → full tensor or LowRankDelta
+
+
+def read_inputs(p: Prepared, t: PlannedTensor, need_base: bool) -> Loaded:
+    """Read what tensor t needs from disk; safe to run in a background thread (no device work)."""
+    need_base = need_base or any(c.kind == "full" for c in t.contributions)
+    parts: dict[int, Any] = {}
+    for c in t.contributions:
+        src = p.inputs.source(c.index)
+        parts[c.index] = src.read_lowrank(c.key) if c.kind == "lowrank" else src.read(c.key)
+    return Loaded(t, p.inputs.base.read(t.name) if need_base else None, parts)
+
+
+def to_deltas(loaded: Loaded, n: int, device: torch.device) -> tuple[Optional[torch.Tensor], list[Delta]]:
+    """The base value and one delta per specialist, float32 on device (rank-0 zero where a specialist left it)."""
+    base = loaded.base.to(device, COMPUTE) if loaded.base is not None else None
     deltas: list[Delta] = []
-    by_index = {c.index: c for c in t.contributions}
-    for i in range(len(p.inputs.specialists)):
-        c = by_index.get(i)
-        if c is None:
-            deltas.append(LowRankDelta.zero(t.shape[:2] if len(t.shape) == 2 else (0, 0), COMPUTE, device))
-        elif c.kind == "lowrank":
-            deltas.append(p.inputs.source(i).read_lowrank(c.key).to(device, COMPUTE))
+    shape = loaded.tensor.shape
+    for i in range(n):
+        part = loaded.parts.get(i)
+        if part is None:
+            deltas.append(LowRankDelta.zero((shape[0], shape[1]), COMPUTE, device) if len(shape) == 2
+                          else DenseDelta(torch.zeros(shape, dtype=COMPUTE, device=device)))
+        elif isinstance(part, LowRankDelta):
+            deltas.append(part.to(device, COMPUTE))
         else:
-            if base_value is None:
-                base_value = p.inputs.base.read(t.name).to(device, COMPUTE)
-            deltas.append(DenseDelta(p.inputs.source(i).read(c.key).to(device, COMPUTE) - base_value))
-    return deltas
+            deltas.append(DenseDelta(part.to(device, COMPUTE) - base))
+    return base, deltas
+
+
+def load_deltas(p: Prepared, t: PlannedTensor, device: torch.device) -> list[Delta]:
+    """One delta per specialist for tensor t (what inspect-spectrum and tests need, without merging)."""
+    return to_deltas(read_inputs(p, t, need_base=False), len(p.inputs.specialists), device)[1]
+
+
+def prefetched(items: list[PlannedTensor], read: Callable[[PlannedTensor], Loaded], depth: int = 2) -> Iterator[Loaded]:
+    """Read the next `depth` tensors in a background thread while the current one is merged.
+
+    Memory: at most depth + 1 weights of all specialists in flight.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ssam-read") as pool:
+        pending: deque[Future[Loaded]] = deque()
+        it = iter(items)
+        for item in islice(it, depth):
+            pending.append(pool.submit(read, item))
+        while pending:
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.submit(read, nxt))
+            yield pending.popleft().result()
 
 
 @dataclass
@@ -140,18 +183,23 @@ def run_merge(p: Prepared, *, overwrite: bool = False, device: Optional[str] = N
             writer = LoraAdapterWriter(folder, OUT_DTYPES.get(recipe.output.dtype, torch.bfloat16),
                                        base_model=recipe.as_run()["base"]["path"])
         todo = p.plan.tensors if fmt == "full" else p.plan.of_role(Role.MERGE)
+        n = len(p.inputs.specialists)
         with _progress(show_progress) as progress:
             task = progress.add_task("merging", total=len(todo)) if progress else None
-            for t in todo:
+            for loaded in prefetched(todo, lambda t: read_inputs(p, t, need_base=fmt == "full")):
+                t = loaded.tensor
                 t0 = time.perf_counter()
                 entry: dict[str, Any] = {"role": t.role.value, "shape": list(t.shape),
                                          "specialists": [p.inputs.specialists[c.index].name for c in t.contributions]}
                 if t.role is Role.COPY:
-                    writer.write(t.name, p.inputs.base.read(t.name).to(p.out_dtype(t)))  # the base's own value
+                    writer.write(t.name, loaded.base.to(p.out_dtype(t)))  # the base's own value
                 elif t.role is Role.AVERAGE:
-                    writer.write(t.name, _finite(t.name, _average(p, t, dev, weights)).to("cpu", p.out_dtype(t)))
+                    base, deltas = to_deltas(loaded, n, dev)
+                    mean = base + sum(d.dense() * (w / sum(weights)) for d, w in zip(deltas, weights))
+                    writer.write(t.name, _finite(t.name, mean).to("cpu", p.out_dtype(t)))
                 else:
-                    entry.update(_merge_one(p, t, dev, weights, spec, writer, fmt))
+                    base, deltas = to_deltas(loaded, n, dev)
+                    entry.update(_merge_one(p, t, dev, base, deltas, weights, spec, writer, fmt))
                 entry["seconds"] = round(time.perf_counter() - t0, 4)
                 stats[t.name] = entry
                 if progress:
@@ -182,10 +230,8 @@ def run_merge(p: Prepared, *, overwrite: bool = False, device: Optional[str] = N
     return RunResult(recipe.output_path, manifest, counts)
 
 
-def _merge_one(p: Prepared, t: PlannedTensor, dev: torch.device, weights: list[float], spec: Any, writer: Any,
-               fmt: str) -> dict[str, Any]:
-    base_value = p.inputs.base.read(t.name).to(dev, COMPUTE) if fmt == "full" else None
-    deltas = load_deltas(p, t, dev, base_value)
+def _merge_one(p: Prepared, t: PlannedTensor, dev: torch.device, base_value: Optional[torch.Tensor],
+               deltas: list[Delta], weights: list[float], spec: Any, writer: Any, fmt: str) -> dict[str, Any]:
     generator = torch.Generator(device=dev).manual_seed(tensor_seed(p.recipe.seed, t.name))
     ctx = MergeContext(t.name, len(deltas), dev, generator)
     params = p.recipe.method_params(t.name)
@@ -201,18 +247,6 @@ def _merge_one(p: Prepared, t: PlannedTensor, dev: torch.device, weights: list[f
             _finite(t.name, result.delta.A)
             writer.add(t.name, result.delta)
     return {"parameters": params.model_dump(mode="json", by_alias=True, exclude_none=True), **result.stats}
-
-
-def _average(p: Prepared, t: PlannedTensor, dev: torch.device, weights: list[float]) -> torch.Tensor:
-    """Mean of the specialists' values (a specialist that left the tensor contributes the base value)."""
-    base_value = p.inputs.base.read(t.name).to(dev, COMPUTE)
-    deltas = load_deltas(p, t, dev, base_value)
-    total = sum(weights)
-    out = base_value.clone()
-    for d, w in zip(deltas, weights):
-        if isinstance(d, DenseDelta) or d.rank:
-            out += d.dense().reshape(out.shape) * (w / total)
-    return out
 
 
 def _finite(name: str, tensor: torch.Tensor) -> torch.Tensor:

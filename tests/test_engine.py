@@ -149,3 +149,37 @@ def test_output_dtype_auto_keeps_base_dtype_and_bfloat16_casts(tiny):
     assert weights(result.output)[Q].dtype == torch.bfloat16
     result = merge(tiny, ["a"])
     assert weights(result.output)[Q].dtype == torch.float32
+
+
+def test_prefetch_keeps_order_and_reads_at_most_depth_ahead():
+    import threading
+
+    from ssam_cli.engine import prefetched
+
+    in_flight, seen = [], []
+    lock = threading.Lock()
+    consumed = {"n": 0}
+
+    def read(i):
+        with lock:
+            in_flight.append(i - consumed["n"])
+        return i
+
+    for item in prefetched(list(range(10)), read, depth=2):
+        seen.append(item)
+        consumed["n"] += 1
+    assert seen == list(range(10))
+    assert max(in_flight) <= 2
+
+
+def test_load_deltas_gives_one_delta_per_specialist(tiny):
+    from ssam_cli.engine import load_deltas
+    from ssam_cli.deltas import DenseDelta, LowRankDelta
+
+    r = write_recipe(tiny / "recipe.yaml", tiny / "base", [(n, tiny / n) for n in ("a", "c")])
+    p = prepare(load_recipe(r))
+    t = next(t for t in p.plan.tensors if t.name == Q)
+    a, c = load_deltas(p, t, torch.device("cpu"))
+    assert isinstance(a, LowRankDelta) and isinstance(c, DenseDelta)
+    _, expected = true_deltas(tiny, ["c"], Q)
+    assert torch.allclose(c.dense(), expected[0])
