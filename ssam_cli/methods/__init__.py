@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from ssam_cli.methods import average, ssam, task_arithmetic
+from ssam_cli.methods import average, dare, iso, optmerge, ssam, task_arithmetic, ties, tsv, wudi
 from ssam_cli.methods.base import MethodSpec
 
-REGISTRY: dict[str, MethodSpec] = {spec.name: spec for spec in (ssam.SPEC, task_arithmetic.SPEC, average.SPEC)}
+REGISTRY: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (ssam.SPEC, task_arithmetic.SPEC, average.SPEC, ties.SPEC, dare.LINEAR_SPEC, dare.TIES_SPEC,
+                 tsv.SPEC, iso.C_SPEC, iso.CTS_SPEC, wudi.SPEC, optmerge.SPEC)
+}
 
 
 def get_method(name: str) -> MethodSpec:

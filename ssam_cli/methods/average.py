@@ -26,4 +26,5 @@ SPEC = MethodSpec(
     params=AverageParams,
     merge=merge,
     lowrank_output=True,
+    exact_on_factors=True,
 )

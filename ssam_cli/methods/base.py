@@ -60,7 +60,10 @@ class MethodSpec:
     `merge(deltas, weights, params, ctx)` receives one delta per specialist (a rank-0 LowRankDelta for a
     specialist that left the weight untouched) and the specialists' recipe weights, all on ctx.device in
     float32. `lowrank_output` says whether its result is a LowRankDelta when the inputs are (so it can be
-    written as a LoRA adapter).
+    written as a LoRA adapter). `spaces` are the merge spaces it accepts for LoRA inputs (see
+    ssam_cli/spaces.py); `exact_on_factors` says that calling it on the LowRankDeltas themselves gives
+    exactly the dense-space result, so the dense and core spaces need not densify or re-express anything.
+    `lowrank_when(params)` overrides `lowrank_output` for a method whose output kind depends on its parameters.
     """
 
     name: str
@@ -69,6 +72,9 @@ class MethodSpec:
     params: type[MethodParams]
     merge: MergeFn
     lowrank_output: bool = False
+    spaces: tuple[str, ...] = ("dense", "factor", "core")
+    exact_on_factors: bool = False
+    lowrank_when: Optional[Callable[[Any], bool]] = None  # params → low-rank output, where it depends on them
 
 
 def resolve_lambda(lam: Optional[float], n: int, default_is_mean: bool) -> float:

@@ -51,4 +51,6 @@ SPEC = MethodSpec(
     params=SsamParams,
     merge=merge,
     lowrank_output=True,
+    spaces=("dense", "core"),
+    exact_on_factors=True,
 )

@@ -26,4 +26,5 @@ SPEC = MethodSpec(
     params=TaskArithmeticParams,
     merge=merge,
     lowrank_output=True,
+    exact_on_factors=True,
 )
