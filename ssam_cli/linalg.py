@@ -9,8 +9,9 @@ condition number (see docs/pipeline.md).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -40,6 +41,10 @@ class Spectrum:
         sq = self.values.square()
         total = float(sq.sum())
         return 1.0 if total == 0.0 else float(sq[:k].sum()) / total
+
+    def top(self, k: int) -> torch.Tensor:
+        """The first k singular vectors (columns)."""
+        return self.vectors[:, :k]
 
 
 def left_singular(X: torch.Tensor, matrix_shape: tuple[int, int] | None = None) -> Spectrum:
@@ -73,22 +78,114 @@ def left_singular_of_blocks(blocks: Sequence[torch.Tensor]) -> Spectrum:
     return Spectrum(vectors.to(blocks[0].dtype), values, (m, p))
 
 
+class FactoredSpectrum(Spectrum):
+    """A spectrum whose vectors are [X_1 | … | X_n] @ coeffs, formed only for the columns asked for.
+
+    SSAM needs the top k of R = Σ r_i vectors; forming all R of them would cost a d × R × R product per side.
+    The basis's Gram is kept: with both sides' Grams, U_cᵀ S V_c and ‖S‖_F cost only R × R work.
+    """
+
+    def __init__(self, blocks: Sequence[torch.Tensor], gram: torch.Tensor, coeffs: torch.Tensor,
+                 values: torch.Tensor, matrix_shape: tuple[int, int], dtype: torch.dtype) -> None:
+        self.blocks = list(blocks)  # the basis [X_1 | … | X_n] (d × r_i each), never concatenated; float64
+        self.gram, self.coeffs = gram, coeffs  # R × R and R × kept, float64
+        self.values, self.matrix_shape, self.dtype = values, matrix_shape, dtype
+
+    @property
+    def vectors(self) -> torch.Tensor:  # type: ignore[override]
+        return self.top(self.coeffs.shape[1])
+
+    def top(self, k: int) -> torch.Tensor:
+        rows = torch.split(self.coeffs[:, :k], [b.shape[1] for b in self.blocks])
+        out = self.blocks[0] @ rows[0]
+        for X, c in zip(self.blocks[1:], rows[1:]):
+            out.addmm_(X, c)
+        return out.to(self.dtype)
+
+
+@contextmanager
+def _single_threaded() -> Iterator[None]:
+    """Small dense decompositions (R ≤ ~1000) run on one thread: measured 3× faster than two, and up to 20×
+    when another thread (the engine's reader) or process competes for the cores (OpenMP spin-waits)."""
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _factored_side(blocks: Sequence[torch.Tensor], gram_x: torch.Tensor, inner: torch.Tensor,
+                   matrix_shape: tuple[int, int], dtype: torch.dtype) -> FactoredSpectrum:
+    """Left singular pairs of M with MMᵀ = X·G·Xᵀ, X = [X_1 | … | X_n] (d × R), G = blockdiag(inner_ii),
+    in O(d·R·k + R³).
+
+    With G = CCᵀ (a symmetric square root per r_i × r_i block), MMᵀ = (XC)(XC)ᵀ: the eigenpairs of the
+    R × R Gram Cᵀ(XᵀX)C are the right singular pairs of XC, and U = XC·W·Λ^-½. The Gram is float64, where
+    squaring the condition number still leaves 1e-8 relative resolution of σ: far below float32 inputs.
+    """
+    with _single_threaded():
+        C = _block_sqrt(inner, [b.shape[1] for b in blocks])
+        core = C.T @ gram_x @ C
+        lam, W = torch.linalg.eigh((core + core.T) / 2)
+    lam, W = lam.flip(0).clamp_min(0), W.flip(1)
+    values = lam.sqrt()
+    # Below σ_1·R·ε_float32 the factors' own rounding dominates: such directions are noise, and dividing by
+    # their σ would break orthonormality. Spectrum.numerical_rank cuts at least as deep.
+    live = values > values[0] * FLOAT32_EPS * core.shape[0] if values.numel() else values.bool()
+    coeffs = (C @ W[:, live]) / values[live]
+    return FactoredSpectrum(blocks, gram_x, coeffs, values[live], matrix_shape, dtype)
+
+
+def _block_sqrt(G: torch.Tensor, ranks: Sequence[int]) -> torch.Tensor:
+    """C = blockdiag(G_ii^½): the symmetric PSD square root of each diagonal block (robust to singular blocks)."""
+    C = torch.zeros_like(G)
+    start = 0
+    for r in ranks:
+        block = G[start : start + r, start : start + r]
+        mu, Z = torch.linalg.eigh((block + block.T) / 2)
+        C[start : start + r, start : start + r] = (Z * mu.clamp_min(0).sqrt()) @ Z.T
+        start += r
+    return C
+
+
 def _lowrank_spectra(deltas: Sequence[LowRankDelta]) -> tuple[Spectrum, Spectrum]:
-    """Both spectra from the factors: MMᵀ = L'L'ᵀ with L' = [s_i B_i R_{A_i}ᵀ], where A_iᵀ = Q R_{A_i}."""
-    left, right = [], []
+    """Both spectra from the factors, with L = [s_i B_i] and H = [A_iᵀ]:
+    MMᵀ = Σ s_i² B_i (A_iA_iᵀ) B_iᵀ = L blockdiag(A_iA_iᵀ) Lᵀ and NᵀN = H blockdiag(s_i² B_iᵀB_i) Hᵀ.
+    The two R × R Grams LᵀL and HᵀH hold everything both sides need (their diagonal blocks are the inner
+    parts), so the only d-sized work is two Grams and the top-k vectors. They are float64: a float32 Gram
+    would square the condition number away (the weak directions of a decaying spectrum)."""
     d_out, d_in = deltas[0].shape
-    for d in deltas:
-        if d.rank == 0 or d.scale == 0.0:
-            continue
-        _, Ra = torch.linalg.qr(d.A.T)  # A_i = Ra_ᵀ Q_ᵀ, so Δ_iΔ_iᵀ = s² B Raᵀ Ra Bᵀ
-        _, Rb = torch.linalg.qr(d.B)
-        left.append(d.scale * (d.B @ Ra.T))
-        right.append(d.scale * (d.A.T @ Rb.T))
-    ref = deltas[0].B
-    L = torch.cat(left, dim=1) if left else ref.new_zeros(d_out, 0)
-    H = torch.cat(right, dim=1) if right else ref.new_zeros(d_in, 0)
     n = len(deltas)
-    return left_singular(L, (d_out, n * d_in)), left_singular(H, (d_in, n * d_out))
+    live = [d for d in deltas if d.rank and d.scale != 0.0]
+    if not live:
+        ref = deltas[0].B
+        return (left_singular(ref.new_zeros(d_out, 0), (d_out, n * d_in)),
+                left_singular(ref.new_zeros(d_in, 0), (d_in, n * d_out)))
+    dtype = live[0].B.dtype
+    Ls = [d.B.double() * d.scale for d in live]
+    Hs = [d.A.double().T for d in live]
+    gram_l, gram_h = _block_gram(Ls), _block_gram(Hs)
+    left = _factored_side(Ls, gram_l, gram_h, (d_out, n * d_in), dtype)
+    right = _factored_side(Hs, gram_h, gram_l, (d_in, n * d_out), dtype)
+    return left, right
+
+
+def _block_gram(blocks: Sequence[torch.Tensor]) -> torch.Tensor:
+    """[X_1 | … | X_n]ᵀ[X_1 | … | X_n] from its upper blocks X_iᵀX_j (i ≤ j): 10 of 16 products for n = 4."""
+    sizes = [b.shape[1] for b in blocks]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    R = sum(sizes)
+    G = blocks[0].new_empty(R, R)
+    for i, (Xi, a) in enumerate(zip(blocks, starts)):
+        for Xj, b in zip(blocks[i:], starts[i:]):
+            block = Xi.T @ Xj
+            G[a : a + Xi.shape[1], b : b + Xj.shape[1]] = block
+            G[b : b + Xj.shape[1], a : a + Xi.shape[1]] = block.T
+    return G
 
 
 def spectra(deltas: Sequence[Delta]) -> tuple[Spectrum, Spectrum]:
@@ -113,13 +210,32 @@ class ConsensusBases:
     def capped(self) -> bool:
         return min(self.U.shape[1], self.V.shape[1]) < self.requested_rank
 
+    @property
+    def factored(self) -> bool:
+        return isinstance(self.left, FactoredSpectrum) and isinstance(self.right, FactoredSpectrum)
+
+    def projected_sum(self) -> torch.Tensor:
+        """C = U_cᵀ S V_c from the factors' Grams (S = L Hᵀ, U_c = L·a, V_c = H·b: C = aᵀ(LᵀL)(HᵀH)b), float64.
+
+        Only for factored bases; equal to project_sum(deltas, U, V) without its d-sized products."""
+        left, right = self.left, self.right
+        assert isinstance(left, FactoredSpectrum) and isinstance(right, FactoredSpectrum)
+        a, b = left.coeffs[:, : self.U.shape[1]], right.coeffs[:, : self.V.shape[1]]
+        return ((a.T @ left.gram) @ (right.gram @ b)).to(self.U.dtype)
+
+    def sum_norm(self) -> float:
+        """‖Σ Δ_i‖_F = √tr(LᵀL·HᵀH), exact from the Grams (factored bases only)."""
+        left, right = self.left, self.right
+        assert isinstance(left, FactoredSpectrum) and isinstance(right, FactoredSpectrum)
+        return float((left.gram * right.gram).sum().clamp_min(0).sqrt())
+
 
 def consensus_bases(deltas: Sequence[Delta], k: int) -> ConsensusBases:
     """Top-k consensus bases, k capped on each side at the numerical rank (never padded with noise)."""
     left, right = spectra(deltas)
     k_u = min(k, left.numerical_rank)
     k_v = min(k, right.numerical_rank)
-    return ConsensusBases(left.vectors[:, :k_u], right.vectors[:, :k_v], left, right, k)
+    return ConsensusBases(left.top(k_u), right.top(k_v), left, right, k)
 
 
 def project_sum(deltas: Sequence[Delta], U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
