@@ -1,0 +1,114 @@
+"""A recipe's `path:` is a local folder or a Hugging Face Hub repo: one rule decides, then the Hub is read.
+
+The rule, in order (docs/hub.md):
+1. `hf://org/name` is always a Hub repo id (the way to force the Hub when a folder of that name exists).
+2. A path that exists, after `~` expansion and relative to the recipe's folder, is local.
+3. Otherwise `org/name` (exactly one `/`, both parts Hub-legal names) is a Hub repo id.
+4. Anything else (`./x`, `/x`, `~/x`, `a/b/c`, `name`, spaces...) is a local path that does not exist: reported
+   as a missing path, never as an invalid repo id.
+
+A Hub repo is downloaded with `snapshot_download`, limited to the files a source reads, into the usual
+Hugging Face cache (HF_HOME / HF_HUB_CACHE, HF_HUB_OFFLINE and the token from HF_TOKEN or the cached login are
+honoured by huggingface_hub itself); the resolved commit hash is returned so the manifest can pin it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ssam_cli.errors import InputError
+from ssam_cli.hub.repo_id import HF_PREFIX, is_repo_id
+
+__all__ = ["Resolved", "resolve", "patterns_for", "is_repo_id", "HF_PREFIX", "PATTERNS"]
+
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+# Weights of either kind, the index of sharded weights, and the small files a loadable model folder needs.
+WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
+ADAPTER_PATTERNS = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+SIDE_PATTERNS = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+                 "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt",
+                 "chat_template.json", "chat_template.jinja", "preprocessor_config.json", "processor_config.json",
+                 "README.md")  # README.md: the model card, where the base's license is read from
+
+PATTERNS = {
+    "full": WEIGHT_PATTERNS + SIDE_PATTERNS,
+    "lora": ADAPTER_PATTERNS + SIDE_PATTERNS,
+    "auto": WEIGHT_PATTERNS + ADAPTER_PATTERNS + SIDE_PATTERNS,
+    "modelcompose": ADAPTER_PATTERNS + SIDE_PATTERNS,  # config.json + adapter_model.bin
+}
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Where an input's files are on disk; for a Hub input also its repo id and the exact commit read."""
+
+    local_path: Path
+    repo_id: Optional[str] = None
+    commit: Optional[str] = None
+
+
+def patterns_for(format: str) -> tuple[str, ...]:
+    """The files worth downloading for a source of this recipe `format` (never optimizer states or other weights)."""
+    return PATTERNS.get(format, PATTERNS["auto"])
+
+
+def resolve(path_or_id: str, revision: Optional[str], recipe_dir: Path, patterns: Sequence[str] = PATTERNS["auto"],
+            *, cache_dir: Optional[Path] = None, endpoint: Optional[str] = None,
+            token: Optional[str] = None) -> Resolved:
+    """A local folder as is, or a Hub repo downloaded (allow-listed files only) and pinned to its commit.
+
+    `cache_dir`, `endpoint` and `token` default to huggingface_hub's own (environment, cached login); errors are
+    InputError without a recipe prefix, for the caller to wrap with the file and field.
+    """
+    forced = path_or_id.startswith(HF_PREFIX)
+    text = path_or_id[len(HF_PREFIX):] if forced else path_or_id
+    local = (recipe_dir / Path(text).expanduser()).resolve()
+    if not forced and local.exists():
+        if revision is not None:
+            raise InputError(f"{path_or_id}: `revision: {revision}` applies to Hub repo ids only, "
+                             f"but this is the local path {local}")
+        return Resolved(local)
+    if not is_repo_id(text):
+        if forced:
+            raise InputError(f"{path_or_id}: not a Hub repo id; expected hf://org/name")
+        hint = "; a Hub repo is written org/name" if "/" not in text else ""
+        raise InputError(f"{path_or_id}: no such file or folder: {local}{hint}")
+    return _download(text, revision, list(patterns), local if not forced else None, cache_dir, endpoint, token)
+
+
+def _download(repo_id: str, revision: Optional[str], patterns: list[str], local: Optional[Path],
+              cache_dir: Optional[Path], endpoint: Optional[str], token: Optional[str]) -> Resolved:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    where = f"{repo_id}@{revision}" if revision else repo_id
+    not_local = f" (no local folder {local} either; write ./{repo_id} for a local path)" if local else ""
+    try:
+        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, cache_dir=cache_dir,
+                                        endpoint=endpoint, token=token))
+    except RevisionNotFoundError:
+        raise InputError(f"{repo_id}: revision {revision!r} not found on the Hub") from None
+    except GatedRepoError:
+        raise InputError(f"{repo_id}: gated on the Hub; accept its conditions on the repo page and log in "
+                         "(`hf auth login` or HF_TOKEN)") from None
+    except RepositoryNotFoundError:
+        raise InputError(f"{repo_id}: not a Hub repo you can read (missing, or private without a token){not_local}") \
+            from None
+    except LocalEntryNotFoundError:
+        raise InputError(f"{where}: not in the local Hugging Face cache and the Hub cannot be reached "
+                         "(offline, HF_HUB_OFFLINE=1, or a network error); download it once online") from None
+    except HfHubHTTPError as e:
+        status = e.response.status_code if e.response is not None else "?"
+        if status == 401:
+            raise InputError(f"{repo_id}: the Hub refused the credentials (401); check HF_TOKEN or "
+                             "`hf auth login`") from None
+        raise InputError(f"{where}: the Hub answered HTTP {status}; try again later") from None
+    commit = folder.name if _COMMIT.match(folder.name) else None
+    if not folder.is_dir() or not any(p.is_file() for p in folder.rglob("*")):
+        raise InputError(f"{where}: the repo holds none of the files ssam reads ({', '.join(patterns[:4])}, ...)")
+    return Resolved(folder, repo_id, commit)
