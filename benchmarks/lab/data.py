@@ -1,0 +1,149 @@
+"""Three modalities of the same ten digits, as fixed-size feature arrays with train/val/test splits.
+
+Splits are fixed (seed 0) across training seeds so that seeds measure training noise, not split noise.
+Test sets are out of distribution where the data allow it: held-out espeak accents, held-out fonts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from benchmarks.lab import assets
+
+SAMPLE_RATE = 22050
+MEL_BANDS, FRAMES = 32, 24
+POINTS = 128
+
+
+@dataclass(frozen=True)
+class Split:
+    x: np.ndarray  # (n, *feature_shape) float32
+    y: np.ndarray  # (n,) digit labels
+
+    def subset(self, n: int, seed: int = 0) -> "Split":
+        if n >= len(self.y):
+            return self
+        idx = np.sort(np.random.default_rng(seed).choice(len(self.y), n, replace=False))
+        return Split(self.x[idx], self.y[idx])
+
+
+@dataclass(frozen=True)
+class ModalityData:
+    modality: str  # image | audio | points
+    train: Split
+    val: Split
+    test: Split
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+
+def _three_way(x: np.ndarray, y: np.ndarray, val: float, test: float) -> tuple[Split, Split, Split]:
+    rng = np.random.default_rng(0)
+    parts: list[list[int]] = [[], [], []]
+    for digit in range(10):  # stratified, so every split holds every digit
+        idx = rng.permutation(np.where(y == digit)[0])
+        n_test, n_val = int(round(len(idx) * test)), int(round(len(idx) * val))
+        parts[2] += idx[:n_test].tolist()
+        parts[1] += idx[n_test:n_test + n_val].tolist()
+        parts[0] += idx[n_test + n_val:].tolist()
+    idx = [np.sort(np.array(p, dtype=np.int64)) for p in parts]
+    return Split(x[idx[0]], y[idx[0]]), Split(x[idx[1]], y[idx[1]]), Split(x[idx[2]], y[idx[2]])
+
+
+def image_data() -> ModalityData:
+    x, y = assets.image_digits()
+    return ModalityData("image", *_three_way(x, y, 0.2, 0.2))
+
+
+def _mel_filters(n_fft: int, bands: int) -> np.ndarray:
+    """Triangular filters evenly spaced on the mel scale (HTK formula), 80 Hz to 8 kHz."""
+    mel = lambda f: 2595.0 * np.log10(1.0 + f / 700.0)  # noqa: E731
+    hz = lambda m: 700.0 * (10 ** (m / 2595.0) - 1.0)  # noqa: E731
+    edges = hz(np.linspace(mel(80.0), mel(8000.0), bands + 2))
+    freqs = np.linspace(0, SAMPLE_RATE / 2, n_fft // 2 + 1)
+    fb = np.zeros((bands, len(freqs)), dtype=np.float32)
+    for b in range(bands):
+        lo, mid, hi = edges[b], edges[b + 1], edges[b + 2]
+        fb[b] = np.clip(np.minimum((freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)), 0, None)
+    return fb
+
+
+_FILTERS = _mel_filters(512, MEL_BANDS)
+
+
+def log_mel(pcm: np.ndarray) -> np.ndarray:
+    """A MEL_BANDS × FRAMES log-mel image of the voiced part of one utterance, per-utterance standardised."""
+    energy = np.convolve(pcm ** 2, np.ones(256) / 256, mode="same")
+    voiced = np.where(energy > 0.02 * energy.max())[0]
+    pcm = pcm[voiced.min():voiced.max() + 1] if len(voiced) else pcm
+    pcm = np.pad(pcm, (0, max(0, 512 - len(pcm))))
+    hop = 128
+    frames = np.lib.stride_tricks.sliding_window_view(pcm, 512)[::hop] * np.hanning(512)
+    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+    spec = np.log(power @ _FILTERS.T + 1e-6).T  # bands × time
+    t_old = np.linspace(0, 1, spec.shape[1])
+    t_new = np.linspace(0, 1, FRAMES)
+    spec = np.stack([np.interp(t_new, t_old, row) for row in spec])
+    return ((spec - spec.mean()) / (spec.std() + 1e-6)).astype(np.float32)
+
+
+def _noisy(pcm: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
+    power = float(np.mean(pcm ** 2)) + 1e-12
+    return pcm + rng.normal(0, np.sqrt(power / 10 ** (snr_db / 10)), pcm.shape).astype(np.float32)
+
+
+def audio_data() -> ModalityData:
+    """Spoken digits by espeak-ng: train/val from six accents, test from two held-out accents (20 dB noise)."""
+    rng = np.random.default_rng(0)
+    waves, labels, _ = assets.spoken_digits(assets.TRAIN_ACCENTS)
+    feats = np.stack([log_mel(_noisy(w, rng.uniform(10, 40), rng)) for w in waves])
+    train, val, _ = _three_way(feats, labels, 0.15, 0.0)
+    twaves, tlabels, _ = assets.spoken_digits(assets.TEST_ACCENTS)
+    test = Split(np.stack([log_mel(_noisy(w, 20.0, rng)) for w in twaves]), tlabels)
+    return ModalityData("audio", train, val, test)
+
+
+def point_cloud(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """POINTS points on an extruded glyph (pseudo-3-D: a 2-D outline given depth), randomly rotated and jittered."""
+    rows, cols = np.where(mask)
+    pick = rng.integers(0, len(rows), POINTS)
+    h = max(mask.shape)
+    xy = np.stack([(cols[pick] - mask.shape[1] / 2) / h * 2, -(rows[pick] - mask.shape[0] / 2) / h * 2], axis=1)
+    pts = np.concatenate([xy + rng.uniform(-0.5, 0.5, xy.shape) * 2 / h, rng.uniform(-0.2, 0.2, (POINTS, 1))], axis=1)
+    a, b, c = np.deg2rad(rng.uniform(-25, 25)), np.deg2rad(rng.uniform(-40, 40)), np.deg2rad(rng.uniform(-20, 20))
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    pts = pts @ (rz @ ry @ rx).T + rng.normal(0, 0.02, pts.shape)
+    return pts.astype(np.float32)
+
+
+def _clouds(fonts: tuple[str, ...], per_glyph: int, rng: np.random.Generator) -> Split:
+    xs, ys = [], []
+    for font in fonts:
+        for digit in range(10):
+            mask = assets.glyph_mask(digit, font)
+            for _ in range(per_glyph):
+                xs.append(point_cloud(mask, rng))
+                ys.append(digit)
+    return Split(np.stack(xs), np.array(ys, dtype=np.int64))
+
+
+def points_data() -> ModalityData:
+    """Point clouds of digit glyphs: train/val from eight DejaVu fonts, test from two held-out fonts."""
+    rng = np.random.default_rng(0)
+    train = _clouds(assets.TRAIN_FONTS, 24, rng)
+    val = _clouds(assets.TRAIN_FONTS, 5, rng)
+    test = _clouds(assets.TEST_FONTS, 20, rng)
+    return ModalityData("points", train, val, test)
+
+
+@lru_cache(maxsize=None)
+def load(modality: str) -> ModalityData:
+    """The modality's data (built once per process; audio synthesis is cached on disk)."""
+    return {"image": image_data, "audio": audio_data, "points": points_data}[modality]()

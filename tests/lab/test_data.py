@@ -1,0 +1,46 @@
+"""The lab's feature pipelines: splits are clean, spectra put energy where the sound is, clouds are glyphs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.lab import data
+
+
+def test_three_way_split_is_stratified_disjoint_and_complete() -> None:
+    y = np.repeat(np.arange(10), 20)
+    x = np.arange(len(y), dtype=np.float32)[:, None]
+    train, val, test = data._three_way(x, y, 0.2, 0.25)
+    ids = [set(s.x[:, 0].astype(int)) for s in (train, val, test)]
+    assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
+    assert set().union(*ids) == set(range(len(y)))
+    assert all(np.bincount(s.y, minlength=10).min() > 0 for s in (train, val, test))
+    assert np.bincount(test.y).tolist() == [5] * 10
+
+
+def test_log_mel_puts_a_tone_in_the_right_band() -> None:
+    t = np.arange(int(0.4 * data.SAMPLE_RATE)) / data.SAMPLE_RATE
+    low = data.log_mel(np.sin(2 * np.pi * 300 * t).astype(np.float32))
+    high = data.log_mel(np.sin(2 * np.pi * 4000 * t).astype(np.float32))
+    assert low.shape == (data.MEL_BANDS, data.FRAMES)
+    assert abs(float(low.mean())) < 1e-4 and abs(float(low.std()) - 1) < 1e-3
+    assert low.mean(axis=1).argmax() < high.mean(axis=1).argmax()
+
+
+def test_point_cloud_samples_the_glyph_in_3d() -> None:
+    mask = np.zeros((20, 10), dtype=bool)
+    mask[:, 4:6] = True  # a vertical bar: tall, thin
+    pts = data.point_cloud(mask, np.random.default_rng(0))
+    assert pts.shape == (data.POINTS, 3) and pts.dtype == np.float32
+    spread = pts.std(axis=0)
+    assert spread[1] > 2 * spread[0]  # still taller than wide after a rotation of at most 25–40°
+    assert np.abs(pts).max() < 1.5
+
+
+def test_image_digits_split() -> None:
+    pytest.importorskip("sklearn")
+    d = data.image_data()
+    assert d.feature_shape == (64,)
+    assert len(d.train.y) + len(d.val.y) + len(d.test.y) == 1797
+    assert 0.0 <= d.train.x.min() and d.train.x.max() <= 1.0

@@ -1,0 +1,58 @@
+"""The prefix LM reads the answer at [MASK], whatever the padding of the batch, through the tied embeddings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from benchmarks.lab import model as lm  # noqa: E402
+from tests.lab.helpers import make_tiny_base  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def prefix_lm(tmp_path_factory: pytest.TempPathFactory) -> lm.PrefixLM:
+    base = make_tiny_base(tmp_path_factory.mktemp("base"))
+    torch.manual_seed(0)
+    towers = {m: lm.ModalityTower(m) for m in lm.FEATURE_SHAPES}
+    return lm.PrefixLM(lm.load_bert(Path(base)), lm.load_tokenizer(Path(base)), towers).eval()
+
+
+def test_answer_index_matches_the_question() -> None:
+    assert [lm.answer_index("digit", d) for d in (0, 7)] == [0, 7]
+    assert [lm.answer_index("parity", d) for d in (4, 7)] == [0, 1]  # even, odd
+    assert [lm.answer_index("big", d) for d in (5, 6)] == [0, 1]  # "bigger than five": 5 is not
+    assert all(len(lm.ANSWERS[q]) == {"digit": 10, "parity": 2, "big": 2}[q] for q in lm.QUESTIONS)
+
+
+@torch.no_grad()
+def test_padding_does_not_change_the_answer(prefix_lm: lm.PrefixLM) -> None:
+    x = torch.rand(2, *lm.FEATURE_SHAPES["image"])
+    short, long = "even or odd?", "is this digit odd or even?"
+    together = prefix_lm([("image", x)], [short, long])
+    alone = torch.cat([prefix_lm([("image", x[:1])], [short]), prefix_lm([("image", x[1:])], [long])])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_prefix_inputs_change_the_answer_and_scores_use_tied_embeddings(prefix_lm: lm.PrefixLM) -> None:
+    a, b = torch.rand(1, 128, 3), torch.rand(1, 128, 3) * 2 - 1
+    ha = prefix_lm([("points", a)], ["which digit is this?"])
+    hb = prefix_lm([("points", b)], ["which digit is this?"])
+    assert not torch.allclose(ha, hb)
+    both = prefix_lm([("points", a), ("audio", torch.rand(1, 32, 24))], ["which number do all inputs show?"])
+    assert both.shape == (1, lm.HIDDEN)
+    emb = prefix_lm.word_embeddings()[prefix_lm.answer_ids("parity")]
+    torch.testing.assert_close(prefix_lm.scores(ha, "parity"), ha @ emb.T)
+
+
+def test_voxelizer_counts_every_point_once() -> None:
+    pts = torch.rand(3, 128, 3) * 2 - 1
+    vox = lm.Voxelizer()(pts)
+    assert vox.shape == (3, lm.Voxelizer.GRID ** 3)
+    torch.testing.assert_close(vox.sum(dim=1), torch.full((3,), float(lm.Voxelizer.GRID ** 3)))
+    # permuting the points changes nothing
+    torch.testing.assert_close(lm.Voxelizer()(pts[:, torch.randperm(128)]), vox)

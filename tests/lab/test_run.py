@@ -1,0 +1,29 @@
+"""The runner's choices: the validation grid follows each method's parameters; --quick fails below chance."""
+
+from __future__ import annotations
+
+from benchmarks.lab import run
+
+
+def test_grid_covers_lambda_and_rank_only_where_the_method_takes_them() -> None:
+    ssam = run.grid("ssam", 3, 24)
+    assert {(p["lambda"], p["rank"]) for p in ssam} == {(l, k) for l in (1 / 3, 2 / 3, 1.0) for k in (8, 24)}
+    assert run.grid("average", 3, 24) == [{}]
+    assert [p["lambda"] for p in run.grid("task_arithmetic", 3, 24)] == [1 / 3, 2 / 3, 1.0]
+
+
+def test_labels_are_unique_per_parameter_set() -> None:
+    assert run._label("ssam", {"rank": 8, "lambda": 1 / 3}) == "ssam_lambda0.333_rank8"
+    assert run._label("average", {}) == "average"
+
+
+def _seed(single: float, combined: float) -> dict:
+    res = {"single": {m: {"digit": single, "parity": single, "big": single} for m in run.MODALITIES},
+           "combined": {"+".join(c): combined for c in run.COMBOS}}
+    return {"rows": {"ssam (default)": res, "specialist: image": {"single": {"image": {"digit": 0.0}}, "combined": {}}}}
+
+
+def test_quick_failures_flag_merges_near_chance_only() -> None:
+    assert run.quick_failures(_seed(0.9, 0.8)) == []
+    failures = run.quick_failures(_seed(0.4, 0.3))
+    assert len(failures) == 4 and all(f.startswith("ssam (default)") for f in failures)

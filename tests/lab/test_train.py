@@ -1,0 +1,61 @@
+"""The exported specialist is a PEFT adapter that both ssam's LoRA source and PEFT read as the same update."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytest.importorskip("peft")
+pytest.importorskip("transformers")
+
+from benchmarks.lab import loaders  # noqa: E402
+from benchmarks.lab import model as lm  # noqa: E402
+from ssam_cli.sources.lora import LoraAdapter  # noqa: E402
+from tests.lab.helpers import make_tiny_base, make_tiny_specialist  # noqa: E402
+
+
+@pytest.fixture
+def tiny_lab(tmp_path: Path) -> tuple[Path, Path]:
+    base = make_tiny_base(tmp_path / "base")
+    return base, make_tiny_specialist(base, tmp_path / "image", "image", seed=1)
+
+
+def test_adapter_keys_name_base_tensors_and_tower_is_kept(tiny_lab: tuple[Path, Path]) -> None:
+    base, adapter = tiny_lab
+    src = LoraAdapter(adapter)
+    base_names = set(load_file(str(base / "model.safetensors")))
+    # 6 linear layers × 2 blocks, each targeting a base weight by its exact name
+    assert len(src.lowrank) == 12
+    assert all(f"{name}.weight" in base_names or name in base_names for name in src.lowrank)
+    assert src.tensors and all(k.startswith("modality.image.") for k in src.tensors)
+
+
+def test_ssam_source_and_peft_agree_on_the_update(tiny_lab: tuple[Path, Path]) -> None:
+    """ΔW read by ssam (scale·B·A) equals what PEFT folds into the weight, in float64."""
+    base, adapter = tiny_lab
+    src = LoraAdapter(adapter)
+    before = load_file(str(base / "model.safetensors"))
+    after = loaders._with_adapter(base, adapter).state_dict()
+    for name in src.lowrank:
+        weight = name if name.endswith(".weight") else f"{name}.weight"
+        delta = src.read_lowrank(name).dense().double()
+        assert delta.abs().max() > 0
+        torch.testing.assert_close(after[weight].double() - before[weight].double(), delta, atol=1e-5, rtol=1e-4)
+
+
+def test_specialist_tower_round_trips(tiny_lab: tuple[Path, Path]) -> None:
+    base, adapter = tiny_lab
+    raw = load_file(str(adapter / "adapter_model.safetensors"))
+    tensors = {k[len("base_model.model."):]: v for k, v in raw.items() if ".modality." in f".{k}"}
+    tower = loaders.tower_from_tensors(tensors, "image")
+    x = torch.rand(3, *lm.FEATURE_SHAPES["image"])
+    assert tower(x).shape == (3, lm.SOFT_TOKENS, lm.HIDDEN)
+    assert loaders.adapter_modality(adapter) == "image"
+
+
+def test_missing_tower_tensors_fail_loudly() -> None:
+    with pytest.raises(ValueError, match="modality.audio"):
+        loaders.tower_from_tensors({"modality.image.projector.weight": torch.zeros(1)}, "audio")
