@@ -12,17 +12,22 @@ import typer
 from ssam_cli import __version__
 from ssam_cli.commands.merge import merge, validate
 from ssam_cli.commands.methods import methods
+from ssam_cli.commands.push import push
+from ssam_cli.commands.spectrum import inspect_spectrum
 
 app = typer.Typer(
     name="ssam",
     help="Merge fine-tuned specialists of one base model into one model, without training and without data.\n\n"
-         "Write a recipe (docs/recipe.md), check it with `ssam validate`, run `ssam merge`.",
+         "Write a recipe (docs/recipe.md), check it with `ssam validate`, choose k with `ssam inspect-spectrum`, "
+         "run `ssam merge`, publish with `ssam push`.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 app.command()(merge)
 app.command()(validate)
+app.command(name="inspect-spectrum")(inspect_spectrum)
+app.command()(push)
 app.command()(methods)
 
 

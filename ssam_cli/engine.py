@@ -21,14 +21,17 @@ import torch
 from ssam_cli.deltas import Delta, DenseDelta, LowRankDelta
 from ssam_cli.errors import UserError
 from ssam_cli.inputs import Inputs, base_folder, open_inputs
+from ssam_cli.hub.card import read_license, write_model_card
 from ssam_cli.manifest import describe_files, write_manifest
 from ssam_cli.methods import REGISTRY
 from ssam_cli.methods.base import MergeContext
 from ssam_cli.plan import Plan, PlannedTensor, Role, build_plan
 from ssam_cli.recipe import Recipe
+from ssam_cli.spaces import merge_in_space, produces_lowrank
 from ssam_cli.writers.atomic import AtomicFolder
 from ssam_cli.writers.full import FullCheckpointWriter, copy_side_files
 from ssam_cli.writers.lora import LoraAdapterWriter
+from ssam_cli.writers.modelcompose import Composition, ModelComposeWriter, check_composition
 from ssam_cli.writers.safetensors_stream import StreamingSafetensorsWriter, TensorSpec
 
 COMPUTE = torch.float32
@@ -42,6 +45,7 @@ class Prepared:
     recipe: Recipe
     inputs: Inputs
     plan: Plan
+    composition: Optional[Composition] = None  # output.format: modelcompose, checked by check_format
 
     def out_dtype(self, t: PlannedTensor | TensorSpec) -> torch.dtype:
         wanted = self.recipe.output.dtype
@@ -64,17 +68,27 @@ def prepare(recipe: Recipe) -> Prepared:
 
 
 def check_format(p: Prepared) -> None:
-    """A LoRA output needs every change to be a low-rank merge by a method with low-rank output."""
-    if p.recipe.output.format != "lora":
+    """A LoRA or ModelCompose output needs every change to be a low-rank merge by a method (in the recipe's space)
+    with low-rank output; a ModelCompose output also needs compatible ModelCompose specialists."""
+    fmt = p.recipe.output.format
+    if fmt == "full":
         return
-    where = f"{p.recipe.source_file}: output.format: lora"
-    if not REGISTRY[p.recipe.method].lowrank_output:
-        raise UserError(f"{where}: method {p.recipe.method} does not produce low-rank updates; use format: full")
+    where = f"{p.recipe.source_file}: output.format: {fmt}"
+    if fmt == "modelcompose":
+        try:
+            p.composition = check_composition(p.recipe.output_path, p.inputs.specialists)
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
+    spec = REGISTRY[p.recipe.method]
     for t in p.plan.tensors:
         if t.role is Role.AVERAGE or any(c.kind == "full" for c in t.contributions):
             who = p.inputs.specialists[t.contributions[0].index].name
-            raise UserError(f"{where}: tensor {t.name} is changed in full by specialist '{who}'; a LoRA output "
+            raise UserError(f"{where}: tensor {t.name} is changed in full by specialist '{who}'; a {fmt} output "
                             "holds only low-rank updates of LoRA specialists; use format: full")
+        if t.role is Role.MERGE and not produces_lowrank(spec, p.recipe.space, p.recipe.method_params(t.name)):
+            raise UserError(f"{where}: method {spec.name} in space {p.recipe.space} does not produce low-rank "
+                            f"updates (at {t.name}); use format: full"
+                            + (", or space: core" if "core" in spec.spaces else ""))
     if not p.plan.of_role(Role.MERGE):
         raise UserError(f"{where}: no weight to merge")
 
@@ -164,8 +178,12 @@ class RunResult:
 
 
 def run_merge(p: Prepared, *, overwrite: bool = False, device: Optional[str] = None,
-              show_progress: bool = True) -> RunResult:
-    """Merge everything the plan says into an atomic output folder with its manifest."""
+              show_progress: bool = True, spectrum: Optional[bool] = None) -> RunResult:
+    """Merge everything the plan says into an atomic output folder with its manifest and model card.
+
+    `spectrum` adds the spectrum summary (inspect-spectrum's figures) to the manifest; by default only when every
+    merged weight is low-rank, where it costs R × R work (dense inputs need an SVD per specialist and weight).
+    """
     recipe = p.recipe
     dev = pick_device(device or recipe.device)
     atomic = AtomicFolder(recipe.output_path, overwrite)
@@ -173,18 +191,18 @@ def run_merge(p: Prepared, *, overwrite: bool = False, device: Optional[str] = N
     started = time.perf_counter()
     weights = [s.weight for s in recipe.specialists]
     spec = REGISTRY[recipe.method]
+    merged_weights = p.plan.of_role(Role.MERGE)
+    if spectrum is None:
+        spectrum = all(c.kind == "lowrank" for t in merged_weights for c in t.contributions)
     stats: dict[str, dict[str, Any]] = {}
+    spectra: list[Any] = []
 
     with atomic as folder:
         fmt = recipe.output.format
-        if fmt == "full":
-            writer: Any = FullCheckpointWriter(folder, p.output_specs(), recipe.output.shard_size)
-        else:
-            writer = LoraAdapterWriter(folder, OUT_DTYPES.get(recipe.output.dtype, torch.bfloat16),
-                                       base_model=recipe.as_run()["base"]["path"])
-        todo = p.plan.tensors if fmt == "full" else p.plan.of_role(Role.MERGE)
+        writer = _open_writer(p, folder)
+        todo = p.plan.tensors if fmt == "full" else merged_weights
         n = len(p.inputs.specialists)
-        with _progress(show_progress) as progress:
+        with progress_bar(show_progress) as progress:
             task = progress.add_task("merging", total=len(todo)) if progress else None
             for loaded in prefetched(todo, lambda t: read_inputs(p, t, need_base=fmt == "full")):
                 t = loaded.tensor
@@ -200,20 +218,26 @@ def run_merge(p: Prepared, *, overwrite: bool = False, device: Optional[str] = N
                 else:
                     base, deltas = to_deltas(loaded, n, dev)
                     entry.update(_merge_one(p, t, dev, base, deltas, weights, spec, writer, fmt))
+                    if spectrum:
+                        spectra.append(_analyse(p, t, deltas, weights))
                 entry["seconds"] = round(time.perf_counter() - t0, 4)
                 stats[t.name] = entry
                 if progress:
                     progress.advance(task)
         files = writer.close()
-        modalities = _write_kept(p, folder)
-        if fmt == "full":
-            files += copy_side_files(base_folder(p.inputs), folder)
-        _check_output(p, folder, fmt)
+        if fmt == "modelcompose":
+            modalities = writer.result.modalities
+        else:
+            modalities = _write_kept(p, folder)
+            if fmt == "full":
+                files += copy_side_files(base_folder(p.inputs), folder)
+            _check_output(p, folder, fmt)
         counts = {role.value: p.plan.count(role) for role in Role}
         elapsed = time.perf_counter() - started
         body = {
             "recipe": recipe.as_run(),
             "recipe_file": str(recipe.source_file),
+            "recipe_text": recipe.source_text,
             "method": recipe.method,
             "parameters": recipe.method_params().model_dump(mode="json", by_alias=True),
             "space": recipe.space,
@@ -226,8 +250,26 @@ def run_merge(p: Prepared, *, overwrite: bool = False, device: Optional[str] = N
             "summary": {"tensors": counts, "seconds": round(elapsed, 3), "peak_rss_mb": peak_rss_mb(),
                         "output_bytes": sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())},
         }
+        if fmt == "modelcompose":
+            r = writer.result
+            body["modelcompose"] = {"lora_r": r.lora_r, "lora_alpha": r.lora_alpha, "notes": r.notes}
+        if spectra:
+            from ssam_cli.spectrum import summary_for_manifest
+
+            body["spectrum"] = summary_for_manifest(spectra)
         manifest = write_manifest(folder, body)
+        write_model_card(folder, manifest)
     return RunResult(recipe.output_path, manifest, counts)
+
+
+def _open_writer(p: Prepared, folder: Path) -> Any:
+    out = p.recipe.output
+    if out.format == "full":
+        return FullCheckpointWriter(folder, p.output_specs(), out.shard_size)
+    if out.format == "modelcompose":
+        assert p.composition is not None, "check_format sets the composition"
+        return ModelComposeWriter(folder, p.composition, OUT_DTYPES.get(out.dtype), out.safetensors)
+    return LoraAdapterWriter(folder, OUT_DTYPES.get(out.dtype, torch.bfloat16), base_model=p.recipe.as_run()["base"]["path"])
 
 
 def _merge_one(p: Prepared, t: PlannedTensor, dev: torch.device, base_value: Optional[torch.Tensor],
@@ -235,7 +277,7 @@ def _merge_one(p: Prepared, t: PlannedTensor, dev: torch.device, base_value: Opt
     generator = torch.Generator(device=dev).manual_seed(tensor_seed(p.recipe.seed, t.name))
     ctx = MergeContext(t.name, len(deltas), dev, generator)
     params = p.recipe.method_params(t.name)
-    result = spec.merge(deltas, weights, params, ctx)
+    result = merge_in_space(spec, deltas, weights, params, ctx, p.recipe.space)
     if fmt == "full":
         merged = base_value + result.delta.dense()
         writer.write(t.name, _finite(t.name, merged).to("cpu", p.out_dtype(t)))
@@ -247,6 +289,14 @@ def _merge_one(p: Prepared, t: PlannedTensor, dev: torch.device, base_value: Opt
             _finite(t.name, result.delta.A)
             writer.add(t.name, result.delta)
     return {"parameters": params.model_dump(mode="json", by_alias=True, exclude_none=True), **result.stats}
+
+
+def _analyse(p: Prepared, t: PlannedTensor, deltas: list[Delta], weights: list[float]) -> Any:
+    """inspect-spectrum's figures for one merged weight, at the k the method uses there (the paper's 128 if none)."""
+    from ssam_cli.spectrum import analyse_weight, k_of_params
+
+    return analyse_weight(t.name, deltas, weights, k_of_params(p.recipe.method_params(t.name)),
+                          [s.name for s in p.recipe.specialists])
 
 
 def _finite(name: str, tensor: torch.Tensor) -> torch.Tensor:
@@ -300,24 +350,31 @@ def _check_output(p: Prepared, folder: Path, fmt: str) -> None:
 
 
 def _describe_inputs(p: Prepared) -> list[dict[str, Any]]:
-    """Every input with the sha256 of the files the merge read (the base's weights are not read for LoRA output)."""
-    hash_base = p.recipe.output.format != "lora"
+    """Every input with the sha256 of the files the merge read (the base's weights are not read for LoRA output),
+    and for a Hub input its repo id and the exact commit; the base's license when its card states one."""
+    hash_base = p.recipe.output.format == "full"
     rows = [{"role": "base", "name": "base", "path": str(p.inputs.base.path), "revision": p.recipe.base.revision,
-             **p.inputs.base.describe(),
+             **_origin(p, "base"), "license": read_license(base_folder(p.inputs)), **p.inputs.base.describe(),
              "files": describe_files(p.inputs.base.files(), base_folder(p.inputs)) if hash_base else []}]
     for named, s in zip(p.inputs.specialists, p.recipe.specialists):
         root = named.source.path if named.source.path.is_dir() else named.source.path.parent
         rows.append({"role": "specialist", "name": named.name, "path": str(named.source.path), "revision": s.revision,
-                     "modality": s.modality, "weight": s.weight, **named.source.describe(),
-                     "files": describe_files(named.source.files(), root)})
+                     **_origin(p, named.name), "modality": s.modality, "weight": s.weight,
+                     **named.source.describe(), "files": describe_files(named.source.files(), root)})
     return rows
+
+
+def _origin(p: Prepared, name: str) -> dict[str, Any]:
+    origin = p.inputs.origins[name]
+    return {"repo_id": origin.repo_id, "commit": origin.commit}
 
 
 def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def _progress(show: bool):
+def progress_bar(show: bool) -> Any:
+    """A rich progress bar on stderr, or None (quiet): the one progress display of every long command."""
     if not show:
         return nullcontext(None)
     from rich.console import Console

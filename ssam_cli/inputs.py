@@ -1,41 +1,54 @@
-"""Open the recipe's base and specialists as sources, with errors that name the recipe field."""
+"""Open the recipe's base and specialists as sources, with errors that name the recipe field.
+
+A `path:` is a local folder or a Hub repo id (the rule is in ssam_cli/sources/resolve.py); a Hub input is
+downloaded (allow-listed files only) and pinned to the commit it resolved to, for the manifest.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping, Optional
 
 from ssam_cli.errors import InputError, RecipeError
 from ssam_cli.plan import NamedSource
 from ssam_cli.recipe import ModelRef, Recipe
 from ssam_cli.sources import Source, open_source
+from ssam_cli.sources.resolve import Resolved, patterns_for, resolve
 
 
 @dataclass
 class Inputs:
     base: Source
     specialists: list[NamedSource]
+    origins: dict[str, Resolved]  # input name ("base" or a specialist's) → where its files came from
 
     def source(self, index: int) -> Source:
         return self.specialists[index].source
 
 
-def _open(recipe: Recipe, ref: ModelRef, field: str, format: str = "auto") -> Source:
-    path = recipe.local_path(ref)
-    if not path.exists():
-        raise RecipeError(str(recipe.source_file), field, f"no such file or folder: {path}")
+def _open(recipe: Recipe, ref: ModelRef, field: str, format: str = "auto",
+          encoders: Optional[Mapping[str, str]] = None) -> tuple[Source, Resolved]:
+    where = str(recipe.source_file)
     try:
-        return open_source(path, format)
+        resolved = resolve(ref.path, ref.revision, recipe.folder, patterns_for(format))
     except InputError as e:
-        raise RecipeError(str(recipe.source_file), field, str(e)) from None
+        raise RecipeError(where, field, str(e)) from None
+    try:
+        return open_source(resolved.local_path, format, encoders), resolved
+    except InputError as e:
+        raise RecipeError(where, field, str(e)) from None
 
 
 def open_inputs(recipe: Recipe) -> Inputs:
-    """Headers only: no tensor data is read here."""
-    base = _open(recipe, recipe.base, "base.path", "full")
-    specialists = [NamedSource(s.name, _open(recipe, s, f"specialists[{i}].path", s.format))
-                   for i, s in enumerate(recipe.specialists)]
-    return Inputs(base, specialists)
+    """Headers only: no tensor data is read here (Hub inputs are downloaded first)."""
+    base, base_origin = _open(recipe, recipe.base, "base.path", "full")
+    origins = {"base": base_origin}
+    specialists = []
+    for i, s in enumerate(recipe.specialists):
+        source, origins[s.name] = _open(recipe, s, f"specialists[{i}].path", s.format, s.encoders)
+        specialists.append(NamedSource(s.name, source))
+    return Inputs(base, specialists, origins)
 
 
 def base_folder(inputs: Inputs) -> Path:

@@ -2,7 +2,8 @@
 
 merge   2-D weights some specialist changed: the method merges their deltas
 average other floating tensors some specialist changed (biases, norms): mean of the specialists
-keep    modality-specific tensors (modules.keep): written per specialist, never merged
+keep    modality-specific tensors (modules.keep, and every tensor a ModelCompose specialist holds besides its
+        language LoRA): written per specialist, never merged
 copy    tensors no specialist changed: the base's own value
 """
 
@@ -118,7 +119,7 @@ def build_plan(base: Source, specialists: Sequence[NamedSource], keep: Sequence[
             # Full checkpoints name tensors exactly; only adapters wrap names (a vision tower's
             # `vision_tower.model.layers.0...` must never be paired with the decoder's `model.layers.0...`).
             target = key if key in base_infos else None if src.kind == "full" else map_to_base(key, base_infos)
-            if matches(key, keep):
+            if matches(key, keep) or src.kind == "modelcompose":  # its tensors are all modality-specific
                 kept.append(KeptTensor(named.name, key, info.shape, info.dtype))
                 continue
             if target is None:

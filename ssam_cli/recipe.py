@@ -100,6 +100,7 @@ class Recipe(_Strict):
 
     # Set by load_recipe, not by the YAML.
     source_file: Path = Field(default=Path("recipe.yaml"), exclude=True)
+    source_text: str = Field(default="", exclude=True)  # verbatim, for the manifest and the model card
 
     @field_validator("base", mode="before")
     @classmethod
@@ -203,7 +204,7 @@ def load_recipe(path: Path) -> Recipe:
     if not isinstance(data, dict):
         raise RecipeError(label, "", f"must be a mapping of recipe keys, got {type(data).__name__}")
     try:
-        recipe = Recipe.model_validate({**data, "source_file": Path(path).resolve()})
+        recipe = Recipe.model_validate({**data, "source_file": Path(path).resolve(), "source_text": text})
     except ValidationError as e:
         field, message = describe_error(e)
         raise RecipeError(label, field, message) from None

@@ -29,11 +29,17 @@ _LAYER = re.compile(r"\.(\d+)\.")  # the block index, as plan.layer_of finds it
 
 THRESHOLDS = (0.90, 0.95, 0.99)
 DEFAULT_TARGET = 0.95
+DEFAULT_K = 128  # the paper's k, for methods without a `rank` parameter
 QUANTILE = 0.9
 MODULE_ORDER = ("q", "k", "v", "o", "gate", "up", "down")  # Llama's order; other module types follow, first seen
 RULE = ("per weight: the smallest k whose top-k singular values of both stacked matrices (U_c and V_c sides) hold "
         "at least {target:.0%} of Σσ²; suggested k for a group of weights: the {quantile:.0%} quantile "
         "(nearest rank) of that per-weight k, so {quantile:.0%} of the weights keep at least {target:.0%}")
+
+
+def k_of_params(params: Any) -> int:
+    """The k a method works at: its `rank` parameter, else the paper's 128 (the figures need some k)."""
+    return int(getattr(params, "rank", None) or DEFAULT_K)
 
 
 def rule_text(target: float = DEFAULT_TARGET) -> str:

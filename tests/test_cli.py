@@ -23,7 +23,8 @@ def ssam(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 def test_help_does_not_import_torch():
     code = "import sys; sys.argv=['ssam','--help']\nfrom ssam_cli.cli import main\ntry:\n    main()\nexcept SystemExit: pass\nassert 'torch' not in sys.modules, 'torch imported'"
-    for argv in ("['ssam','--help']", "['ssam','merge','--help']", "['ssam','validate','--help']"):
+    for argv in ("['ssam','--help']", "['ssam','merge','--help']", "['ssam','validate','--help']",
+                 "['ssam','inspect-spectrum','--help']", "['ssam','push','--help']", "['ssam','methods','--help']"):
         out = subprocess.run([sys.executable, "-c", code.replace("['ssam','--help']", argv)], capture_output=True,
                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
         assert out.returncode == 0, out.stderr

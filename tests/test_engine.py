@@ -183,3 +183,30 @@ def test_load_deltas_gives_one_delta_per_specialist(tiny):
     assert isinstance(a, LowRankDelta) and isinstance(c, DenseDelta)
     _, expected = true_deltas(tiny, ["c"], Q)
     assert torch.allclose(c.dense(), expected[0])
+
+
+def test_manifest_carries_the_recipe_verbatim_and_the_merge_writes_its_model_card(tiny):
+    result = merge(tiny, ["a", "b"], parameters={"rank": 3})
+    text = (tiny / "recipe.yaml").read_text()
+    assert result.manifest["recipe_text"] == text
+    card = (result.output / "README.md").read_text()
+    assert text.strip() in card and "ssam" in card.split("---")[1]
+
+
+def test_spectrum_summary_of_a_lora_merge_matches_inspect_spectrum(tiny):
+    from ssam_cli.commands.spectrum import build_report
+
+    result = merge(tiny, ["a", "b"], parameters={"rank": 3})
+    r = load_recipe(tiny / "recipe.yaml")
+    report = build_report(prepare(r))
+    summary = result.manifest["spectrum"]
+    assert summary["suggested_k"] == report.suggested()
+    assert summary["weights"][Q]["energy_at_k_left"] == pytest.approx(
+        next(w for w in report.weights if w.name == Q).figures()["energy_at_k_left"])
+
+
+def test_spectrum_is_off_by_default_for_full_finetunes_and_on_when_asked(tiny):
+    assert "spectrum" not in merge(tiny, ["a", "c"]).manifest
+    r = write_recipe(tiny / "recipe.yaml", tiny / "base", [(n, tiny / n) for n in ("a", "c")])
+    asked = run_merge(prepare(load_recipe(r)), show_progress=False, overwrite=True, spectrum=True)
+    assert asked.manifest["spectrum"]["weights"][Q]["k_used"] >= 1

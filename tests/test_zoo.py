@@ -98,7 +98,6 @@ def test_methods_command_lists_every_method_and_parameter():
             assert (f.alias or field_name) in result.output
 
 
-@pytest.mark.skipif(not hasattr(engine, "merge_in_space"), reason="the engine does not call merge_in_space yet")
 @pytest.mark.parametrize("space", ["dense", "core"])
 def test_space_is_recorded_and_core_space_writes_a_lora_adapter(zoo, space):
     out = f"out-ties-{space}"

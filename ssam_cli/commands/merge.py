@@ -18,6 +18,10 @@ def merge(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder (atomically, at the end)."),
     device: Optional[str] = typer.Option(None, "--device", help="Override the recipe's device: auto, cpu, cuda or cuda:N."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or tables; errors only."),
+    spectrum: Optional[bool] = typer.Option(None, "--spectrum/--no-spectrum", show_default=False,
+                                            help="Put the spectrum summary (see inspect-spectrum) in manifest.json "
+                                                 "and the model card. Default: on when every merged weight is a "
+                                                 "LoRA update (cheap), off for full fine-tunes (an SVD per weight)."),
 ) -> None:
     """Merge the specialists named in RECIPE into one model.
 
@@ -36,7 +40,7 @@ def merge(
     if dry_run:
         console().print(plan_table(prepared))
         return
-    result = run_merge(prepared, overwrite=overwrite, show_progress=not quiet)
+    result = run_merge(prepared, overwrite=overwrite, show_progress=not quiet, spectrum=spectrum)
     if not quiet:
         console().print(summary_table(prepared, result))
 

@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from ssam_cli.plan import PlannedTensor
     from ssam_cli.spectrum import SpectrumReport
 
-DEFAULT_K = 128  # the paper's k, for methods without a `rank` parameter
 _LAYER_ITEM = re.compile(r"^(\d+-\d+|[0-9*?\[\]]+)$")
 
 
@@ -137,10 +136,10 @@ def build_report(p: "Prepared", layers: Optional[Callable[[int], bool]] = None,
                  modules: Optional[Callable[[str], bool]] = None, rank: Optional[int] = None,
                  target: float = 0.95, device: Optional[str] = None, show_progress: bool = False) -> "SpectrumReport":
     """Read each selected weight's deltas (streaming, the engine's reader) and analyse it at the recipe's k."""
-    from ssam_cli.engine import _progress, pick_device, prefetched, read_inputs, to_deltas
+    from ssam_cli.engine import pick_device, progress_bar, prefetched, read_inputs, to_deltas
     from ssam_cli.errors import UserError
     from ssam_cli.plan import Role
-    from ssam_cli.spectrum import SpectrumReport, analyse_weight
+    from ssam_cli.spectrum import DEFAULT_K, SpectrumReport, analyse_weight
 
     todo = selected(p, layers, modules)
     total = p.plan.count(Role.MERGE)
@@ -154,7 +153,7 @@ def build_report(p: "Prepared", layers: Optional[Callable[[int], bool]] = None,
     if rank is None and not hasattr(p.recipe.method_params(), "rank"):
         report.notes.append(f"method {p.recipe.method} has no rank parameter: k = {DEFAULT_K} (the paper's); "
                             "set --rank to evaluate another k")
-    with _progress(show_progress) as progress:
+    with progress_bar(show_progress) as progress:
         task = progress.add_task("spectra", total=len(todo)) if progress else None
         for loaded in prefetched(todo, lambda t: read_inputs(p, t, need_base=False)):
             t = loaded.tensor
@@ -171,7 +170,7 @@ def build_report(p: "Prepared", layers: Optional[Callable[[int], bool]] = None,
 
 def k_of(p: "Prepared", name: str, rank: Optional[int]) -> int:
     """--rank, else the recipe's `rank` for this tensor (overrides applied), else the paper's 128."""
-    if rank is not None:
-        return rank
-    return int(getattr(p.recipe.method_params(name), "rank", None) or DEFAULT_K)
+    from ssam_cli.spectrum import k_of_params
+
+    return rank if rank is not None else k_of_params(p.recipe.method_params(name))
 

@@ -76,7 +76,7 @@ def resolve(path_or_id: str, revision: Optional[str], recipe_dir: Path, patterns
         if forced:
             raise InputError(f"{path_or_id}: not a Hub repo id; expected hf://org/name")
         hint = "; a Hub repo is written org/name" if "/" not in text else ""
-        raise InputError(f"{path_or_id}: no such file or folder: {local}{hint}")
+        raise InputError(f"no such file or folder: {local}{hint}")
     return _download(text, revision, list(patterns), local if not forced else None, cache_dir, endpoint, token)
 
 

@@ -1,7 +1,4 @@
 """From Hub repo ids to a pushed merge: recipe → resolve → merge → manifest with commits → card → push.
-
-Needs the spine to call `ssam_cli.sources.resolve.resolve` for the base and every specialist and to call
-`ssam_cli.hub.card.write_model_card` at the end of a merge; until then this test is an expected failure.
 """
 
 from __future__ import annotations
@@ -22,7 +19,6 @@ def upload_folder(hub: FakeHub, repo_id: str, folder: Path) -> str:
     return hub.create(repo_id, {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()})
 
 
-@pytest.mark.xfail(strict=True, reason="the spine does not call sources.resolve / write_model_card yet")
 def test_a_recipe_naming_hub_repos_merges_pins_commits_and_pushes(tmp_path: Path, fake_hub: FakeHub):
     from ssam_cli.engine import prepare, run_merge
     from ssam_cli.hub.push import prepare_upload, push_upload

@@ -1,0 +1,100 @@
+"""ModelCompose specialists through the whole pipeline: recipe → plan → merge → composed model (or a full model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ssam_cli.engine import prepare, run_merge
+from ssam_cli.errors import UserError
+from ssam_cli.recipe import load_recipe
+from ssam_cli.sources.modelcompose import load_tensor_dict
+from tests.fixtures.modelcompose import SET, make_modelcompose_set
+from tests.fixtures.tiny import make_lora_specialist, write_recipe
+from tests.reference import rel_err, ssam_reference
+
+R, ALPHA = 4, 8
+Q = "model.layers.0.self_attn.q_proj.weight"
+
+
+@pytest.fixture
+def mc(tmp_path: Path) -> Path:
+    return make_modelcompose_set(tmp_path, r=R, alpha=ALPHA)
+
+
+def _recipe(mc: Path, out: str = "merged-multimodal", fmt: str = "modelcompose", **fields) -> Path:
+    return write_recipe(mc / "recipe.yaml", Path("base"), [(name, Path(name)) for name, *_ in SET],
+                        output={"path": out, "format": fmt, "dtype": "float32"}, **fields)
+
+
+def _language_delta(store: dict[str, torch.Tensor], weight: str, scale: float) -> torch.Tensor:
+    stem = weight[: -len(".weight")]
+    return scale * store[f"{stem}.lora_B.default.weight"].double() @ store[f"{stem}.lora_A.default.weight"].double()
+
+
+def test_composed_model_holds_the_ssam_merge_and_every_modality_file_untouched(mc: Path):
+    result = run_merge(prepare(load_recipe(_recipe(mc, parameters={"rank": 6}))), show_progress=False)
+
+    out = load_tensor_dict(result.output / "adapter_model.bin")
+    config = json.loads((result.output / "config.json").read_text())
+    scale = config["lora_alpha"] / config["lora_r"]
+    inputs = {name: load_tensor_dict(mc / name / "adapter_model.bin") for name, *_ in SET}
+    specialist_deltas = [_language_delta(inputs[name], Q, ALPHA / R) for name, *_ in SET]
+    expected = ssam_reference(specialist_deltas, k=6, lam=1 / 3)
+    assert rel_err(_language_delta(out, Q, scale), expected) < 1e-5  # float32 output, float64 reference
+    assert config["lora_strategy"] == "modal+language" and scale == ALPHA / R
+
+    vision = inputs["vision"]
+    untouched = [k for k in vision if ".lora_" not in k]
+    assert "prefix_tokens.vision" in untouched and "model.modal_projectors.vision.0.weight" in untouched
+    assert all(torch.equal(out[k], vision[k]) for k in untouched)
+    modal = f"{Q[: -len('.weight')]}.lora_B.vision.weight"
+    rank = config["lora_r"]
+    assert torch.equal(out[modal][:, :R], vision[modal]) and not out[modal][:, R:rank].any()  # zero-padded, same ΔW
+
+    manifest = result.manifest
+    assert set(manifest["modalities"]) == {"vision", "audio", "point"}
+    assert manifest["modelcompose"]["lora_r"] == rank
+    assert manifest["tensors"][Q]["space"] == "dense" and "spectrum" in manifest
+    assert not (result.output / "modalities").exists()  # everything lives in the composed file
+
+
+def test_naivemc_modality_tokens_keep_their_own_lora_under_the_modality_name(mc: Path):
+    result = run_merge(prepare(load_recipe(_recipe(mc))), show_progress=False)
+    out = load_tensor_dict(result.output / "adapter_model.bin")
+    audio = load_tensor_dict(mc / "audio" / "adapter_model.bin")
+    stem = Q[: -len(".weight")]
+    assert torch.equal(out[f"{stem}.lora_A.audio.weight"][:R], audio[f"{stem}.lora_A.default.weight"])
+
+
+def test_a_peft_specialist_cannot_join_a_composed_model_and_nothing_is_written(mc: Path):
+    make_lora_specialist(mc / "peft", seed=4)
+    recipe = write_recipe(mc / "mixed.yaml", Path("base"), [("vision", Path("vision")), ("peft", Path("peft"))],
+                          output={"path": "merged-multimodal", "format": "modelcompose"})
+    with pytest.raises(UserError, match=r"output\.format: modelcompose: specialist 'peft'.*lora checkpoint"):
+        prepare(load_recipe(recipe))
+    assert not (mc / "merged-multimodal").exists()
+
+
+def test_a_folder_name_the_loader_would_misread_is_refused_before_any_work(mc: Path):
+    with pytest.raises(UserError, match="'multimodal' in its folder name"):
+        prepare(load_recipe(_recipe(mc, out="merged")))
+
+
+def test_a_method_with_dense_output_is_refused_for_a_composed_model_unless_in_core_space(mc: Path):
+    with pytest.raises(UserError, match="does not produce low-rank updates.*space: core"):
+        prepare(load_recipe(_recipe(mc, method="ties")))
+    result = run_merge(prepare(load_recipe(_recipe(mc, method="ties", space="core"))), show_progress=False)
+    assert result.manifest["tensors"][Q]["space"] == "core"
+
+
+def test_full_output_merges_the_decoder_and_keeps_each_modality_in_its_own_file(mc: Path):
+    result = run_merge(prepare(load_recipe(_recipe(mc, out="full-out", fmt="full"))), show_progress=False)
+    vision = load_file(str(result.output / "modalities" / "vision.safetensors"))
+    stored = load_tensor_dict(mc / "vision" / "adapter_model.bin")
+    assert vision and all(torch.equal(v, stored[k]) for k, v in vision.items())
+    assert result.manifest["modalities"]["audio"]["file"] == "modalities/audio.safetensors"
