@@ -263,23 +263,30 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             repo.refs[branch] = repo.commit_of(start)
             self._json(200, {})
 
-        def _info(self, repo_id: str, revision: str) -> None:
+        def _at(self, repo_id: str, revision: str) -> Optional[tuple[Repo, str]]:
+            """The repo and the commit a revision names, or None after answering 404."""
             repo = self._repo(repo_id)
             if repo is None:
-                return
+                return None
             oid = repo.commit_of(revision)
             if oid is None:
-                return self._not_found("RevisionNotFound")
+                self._not_found("RevisionNotFound")
+                return None
+            return repo, oid
+
+        def _info(self, repo_id: str, revision: str) -> None:
+            found = self._at(repo_id, revision)
+            if found is None:
+                return
+            repo, oid = found
             self._json(200, {"id": repo_id, "modelId": repo_id, "sha": oid, "private": repo.private, "tags": [],
                              "siblings": [{"rfilename": p} for p in sorted(repo.commits[oid])]})
 
         def _tree(self, repo_id: str, revision: str) -> None:
-            repo = self._repo(repo_id)
-            if repo is None:
+            found = self._at(repo_id, revision)
+            if found is None:
                 return
-            oid = repo.commit_of(revision)
-            if oid is None:
-                return self._not_found("RevisionNotFound")
+            repo, oid = found
             entries = []
             for p, f in sorted(repo.commits[oid].items()):
                 entry: dict[str, Any] = {"type": "file", "path": p, "size": len(f.data), "oid": git_blob_sha1(f.data)}
@@ -289,12 +296,10 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             self._json(200, entries)
 
         def _resolve(self, repo_id: str, revision: str, path: str) -> None:
-            repo = self._repo(repo_id)
-            if repo is None:
+            found = self._at(repo_id, revision)
+            if found is None:
                 return
-            oid = repo.commit_of(revision)
-            if oid is None:
-                return self._not_found("RevisionNotFound")
+            repo, oid = found
             f = repo.commits[oid].get(path)
             if f is None:
                 return self._json(404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound",
