@@ -268,7 +268,17 @@ def _spectrum_section(manifest: dict[str, Any]) -> list[str]:
     capped = sum(1 for t in merged if t.get("rank_capped"))
     if capped:
         lines += ["", f"k was capped at the numerical rank for {capped} weight(s) (never padded with noise)."]
-    return lines + [""]
+    return lines + [""] + _suggested_k(manifest)
+
+
+def _suggested_k(manifest: dict[str, Any]) -> list[str]:
+    """The k `ssam inspect-spectrum` would suggest for these specialists, when the merge computed the spectrum."""
+    suggested = (manifest.get("spectrum") or {}).get("suggested_k")
+    if not isinstance(suggested, dict) or "model" not in suggested:
+        return []
+    by_module = ", ".join(f"{m} {k}" for m, k in (suggested.get("by_module") or {}).items())
+    return [f"Suggested k for these specialists: **{suggested['model']}**" + (f" (per module: {by_module})" if by_module
+            else "") + f". Rule: {suggested.get('rule', '')}", ""]
 
 
 def _fmt(x: float) -> str:

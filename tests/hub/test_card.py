@@ -106,6 +106,14 @@ def test_spectrum_summary_is_min_median_max_over_merged_weights():
     assert "Tensors by role: merge 3, average 1, keep 3, copy 0." in card
 
 
+def test_the_suggested_k_of_the_merge_spectrum_is_in_the_card_when_computed():
+    m = sample_manifest()
+    assert "Suggested k" not in model_card(m, None)
+    m["spectrum"] = {"suggested_k": {"model": 96, "by_module": {"q": 64, "down": 128}, "rule": "smallest k keeping 95 %"}}
+    assert ("Suggested k for these specialists: **96** (per module: q 64, down 128). Rule: smallest k keeping 95 %"
+            in model_card(m, None))
+
+
 def test_an_explicit_lambda_is_shown_as_given():
     m = sample_manifest()
     m["parameters"]["lambda"] = 0.7
