@@ -1,6 +1,7 @@
 """Walk the plan one weight at a time: load → merge on the device → cast → write → free.
 
-Memory holds one weight of every specialist (plus the base's), never a whole model.
+Memory holds one weight of every specialist (plus the base's), never a whole model. A method that must see
+every merged weight first (TIES' global trim) declares a pre-pass, which streams the weights the same way.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from itertools import islice
+from itertools import count, islice
 from typing import Any, Callable, Iterator, Optional
 
 import torch
@@ -24,7 +25,7 @@ from ssam_cli.inputs import Inputs, base_folder, open_inputs
 from ssam_cli.hub.card import read_license, write_model_card
 from ssam_cli.manifest import describe_files, write_manifest
 from ssam_cli.methods import REGISTRY
-from ssam_cli.methods.base import MergeContext
+from ssam_cli.methods.base import MergeContext, MergeResult, MethodSpec, PrepassState
 from ssam_cli.plan import Plan, PlannedTensor, Role, build_plan
 from ssam_cli.recipe import Recipe
 from ssam_cli.spaces import merge_in_space, produces_lowrank
@@ -203,6 +204,7 @@ def run_merge(p: Prepared, *, overwrite: bool = False, device: Optional[str] = N
         todo = p.plan.tensors if fmt == "full" else merged_weights
         n = len(p.inputs.specialists)
         with progress_bar(show_progress) as progress:
+            prepass = run_prepass(p, spec, dev, progress)
             task = progress.add_task("merging", total=len(todo)) if progress else None
             for loaded in prefetched(todo, lambda t: read_inputs(p, t, need_base=fmt == "full")):
                 t = loaded.tensor
@@ -217,7 +219,8 @@ def run_merge(p: Prepared, *, overwrite: bool = False, device: Optional[str] = N
                     writer.write(t.name, _finite(t.name, mean).to("cpu", p.out_dtype(t)))
                 else:
                     base, deltas = to_deltas(loaded, n, dev)
-                    entry.update(_merge_one(p, t, dev, base, deltas, weights, spec, writer, fmt))
+                    state = prepass.state if t.name in prepass.weights else None
+                    entry.update(_merge_one(p, t, dev, base, deltas, weights, spec, writer, fmt, state))
                     if spectrum:
                         spectra.append(_analyse(p, t, deltas, weights))
                 entry["seconds"] = round(time.perf_counter() - t0, 4)
@@ -253,6 +256,8 @@ def run_merge(p: Prepared, *, overwrite: bool = False, device: Optional[str] = N
         if fmt == "modelcompose":
             r = writer.result
             body["modelcompose"] = {"lora_r": r.lora_r, "lora_alpha": r.lora_alpha, "notes": r.notes}
+        if prepass.record:
+            body["prepass"] = prepass.record
         if spectra:
             from ssam_cli.spectrum import summary_for_manifest
 
@@ -272,10 +277,66 @@ def _open_writer(p: Prepared, folder: Path) -> Any:
     return LoraAdapterWriter(folder, OUT_DTYPES.get(out.dtype, torch.bfloat16), base_model=p.recipe.as_run()["base"]["path"])
 
 
-def _merge_one(p: Prepared, t: PlannedTensor, dev: torch.device, base_value: Optional[torch.Tensor],
-               deltas: list[Delta], weights: list[float], spec: Any, writer: Any, fmt: str) -> dict[str, Any]:
+def merge_context(p: Prepared, t: PlannedTensor, n: int, dev: torch.device,
+                  prepass: Optional[PrepassState] = None) -> MergeContext:
+    """The context of tensor t, with its generator seeded from the recipe seed and its name (as in every pass)."""
     generator = torch.Generator(device=dev).manual_seed(tensor_seed(p.recipe.seed, t.name))
-    ctx = MergeContext(t.name, len(deltas), dev, generator)
+    return MergeContext(t.name, n, dev, generator, prepass)
+
+
+@dataclass
+class PrepassRun:
+    """A method's pre-pass result, the weights it covers (whose merges get it) and its manifest record."""
+
+    state: Optional[PrepassState] = None
+    weights: set[str] = field(default_factory=set)
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def run_prepass(p: Prepared, spec: MethodSpec, dev: torch.device, progress: Any) -> PrepassRun:
+    """The method's pre-pass over the merged weights that want it (none: an empty PrepassRun).
+
+    Each sweep re-reads those weights from disk and routes them through merge_in_space with `inputs` in place
+    of merge, so the pre-pass sees what merge will see in the recipe's space; memory is as for merging.
+    """
+    if spec.prepass is None:
+        return PrepassRun()
+    hook = spec.prepass
+    todo = [t for t in p.plan.of_role(Role.MERGE) if hook.wanted(p.recipe.method_params(t.name))]
+    if not todo:
+        return PrepassRun()
+    started = time.perf_counter()
+    n, weights, passes = len(p.inputs.specialists), [s.weight for s in p.recipe.specialists], count(1)
+    seen: list[Any] = []
+
+    def observe(deltas: Any, _weights: Any, params: Any, ctx: MergeContext) -> MergeResult:
+        seen.append(hook.inputs(deltas, params, ctx))
+        return MergeResult(DenseDelta(torch.zeros(deltas[0].shape, dtype=COMPUTE, device=dev)))
+
+    observer = replace(spec, merge=observe)
+
+    def sweep() -> Iterator[Any]:
+        task = progress.add_task(f"pre-pass {next(passes)}", total=len(todo)) if progress else None
+        for loaded in prefetched(todo, lambda t: read_inputs(p, t, need_base=False)):
+            t = loaded.tensor
+            ctx = merge_context(p, t, n, dev)
+            merge_in_space(observer, to_deltas(loaded, n, dev)[1], weights, p.recipe.method_params(t.name), ctx,
+                           p.recipe.space)
+            yield from seen
+            seen.clear()
+            if progress:
+                progress.advance(task)
+
+    state = hook.run([p.recipe.method_params(t.name) for t in todo], sweep)
+    record = {**state.manifest(), "specialists": [s.name for s in p.inputs.specialists], "weights": len(todo),
+              "seconds": round(time.perf_counter() - started, 3)}
+    return PrepassRun(state, {t.name for t in todo}, record)
+
+
+def _merge_one(p: Prepared, t: PlannedTensor, dev: torch.device, base_value: Optional[torch.Tensor],
+               deltas: list[Delta], weights: list[float], spec: Any, writer: Any, fmt: str,
+               prepass: Optional[PrepassState] = None) -> dict[str, Any]:
+    ctx = merge_context(p, t, len(deltas), dev, prepass)
     params = p.recipe.method_params(t.name)
     result = merge_in_space(spec, deltas, weights, params, ctx, p.recipe.space)
     if fmt == "full":

@@ -107,3 +107,134 @@ def test_space_is_recorded_and_core_space_writes_a_lora_adapter(zoo, space):
     assert result.exit_code == 0, result.output
     manifest = json.loads((zoo / out / "manifest.json").read_text())
     assert manifest["tensors"][Q]["space"] == space
+
+
+def direct_global_ties(updates: dict[str, list[torch.Tensor]], density: float, lam: float
+                       ) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """TIES with global trimming on the concatenated model, as MLLMerging's modality line flattens it."""
+    names = list(updates)
+    n = len(updates[names[0]])
+    flat = [torch.cat([updates[k][i].reshape(-1) for k in names]) for i in range(n)]
+    thresholds = [float(torch.topk(f.abs(), int(density * f.numel())).values[-1]) for f in flat]
+    stacked = torch.stack([f * (f.abs() >= t) for f, t in zip(flat, thresholds)])
+    agree = (torch.sign(stacked) == torch.sign(stacked.sum(0))) & (stacked != 0)
+    merged = (stacked * agree).sum(0) / agree.sum(0).clamp_min(1) * lam
+    out, start = {}, 0
+    for k in names:
+        size = updates[k][0].numel()
+        out[k] = merged[start:start + size].reshape(updates[k][0].shape)
+        start += size
+    return out, thresholds
+
+
+def merged_updates(root: Path, out: str) -> dict[str, torch.Tensor]:
+    """merged − base for every weight the manifest says was merged."""
+    manifest = json.loads((root / out / "manifest.json").read_text())
+    merged = load_file(str(root / out / "model.safetensors"))
+    base = open_source(root / "base")
+    return {k: merged[k] - base.read(k) for k, e in manifest["tensors"].items() if e["role"] == "merge"}
+
+
+@pytest.mark.parametrize("kind", ["lora", "full"])
+def test_global_ties_is_ties_on_the_concatenated_model(zoo, kind):
+    names = ["la", "lb"] if kind == "lora" else ["fa", "fb"]
+    out = f"out-ties-global-{kind}"
+    params = {"density": 0.1, "trim": "global", "lambda": 0.8}
+    recipe = write_recipe(zoo / f"{out}.yaml", Path("base"), [(n, Path(n)) for n in names], method="ties",
+                          parameters=params, output={"path": out, "dtype": "float32"})
+    result = cli("merge", str(recipe), "-q", "--overwrite")
+    assert result.exit_code == 0, result.output
+    got = merged_updates(zoo, out)
+    updates = {k: [d.dense() for d in true_deltas(zoo, names, k)[1]] for k in got}
+    want, thresholds = direct_global_ties(updates, 0.1, 0.8)
+    for k in got:
+        assert torch.allclose(got[k], want[k], atol=1e-6), k
+    manifest = json.loads((zoo / out / "manifest.json").read_text())
+    record = manifest["prepass"]
+    assert record["thresholds"] == thresholds and record["weights"] == len(got) and record["specialists"] == names
+    assert record["entries"] == sum(t.numel() for t in got.values())
+    assert all(manifest["tensors"][k]["trim"] == "global" for k in got)
+    # a global threshold is not the per-tensor one: some weight keeps far more or fewer than 10 %
+    fractions = [f for k in got for f in manifest["tensors"][k]["kept_fraction"]]
+    assert max(fractions) > 0.15 or min(fractions) < 0.05
+
+
+def test_per_tensor_trim_runs_no_prepass(zoo):
+    recipe = write_recipe(zoo / "out-ties-pt.yaml", Path("base"), [("fa", Path("fa")), ("fb", Path("fb"))],
+                          method="ties", output={"path": "out-ties-pt", "dtype": "float32"})
+    assert cli("merge", str(recipe), "-q", "--overwrite").exit_code == 0
+    manifest = json.loads((zoo / "out-ties-pt" / "manifest.json").read_text())
+    assert "prepass" not in manifest and manifest["tensors"][Q]["trim"] == "per_tensor"
+
+
+def test_global_dare_ties_trims_the_rescaled_updates_over_the_model(zoo):
+    from ssam_cli.methods.dare import drop_and_rescale
+
+    out = "out-dare-ties-global"
+    recipe = write_recipe(zoo / f"{out}.yaml", Path("base"), [("fa", Path("fa")), ("fb", Path("fb"))],
+                          method="dare_ties", parameters={"p": 0.3, "density": 0.5, "trim": "global"},
+                          output={"path": out, "dtype": "float32"})
+    assert cli("merge", str(recipe), "-q", "--overwrite").exit_code == 0
+    got = merged_updates(zoo, out)
+    updates = {}
+    for k in got:
+        g = torch.Generator().manual_seed(tensor_seed(0, k))
+        updates[k] = [drop_and_rescale(d.dense(), 0.3, g) for d in true_deltas(zoo, ["fa", "fb"], k)[1]]
+    want, thresholds = direct_global_ties(updates, 0.5, 1.0)
+    assert all(torch.allclose(got[k], want[k], atol=1e-6) for k in got)
+    assert json.loads((zoo / out / "manifest.json").read_text())["prepass"]["thresholds"] == thresholds
+
+
+@pytest.mark.parametrize("space", ["core", "factor"])
+def test_global_ties_in_core_and_factor_space_trims_what_the_method_sees(zoo, space):
+    """The pool is every core (resp. every lora_A and lora_B) entry; each weight then merges with those thresholds."""
+    from dataclasses import replace
+
+    from ssam_cli.methods.base import MergeResult
+    from ssam_cli.methods.global_trim import GlobalThresholds
+    from ssam_cli.spaces import merge_in_space
+
+    out = f"out-ties-global-{space}"
+    params = {"density": 0.2, "trim": "global"}
+    recipe = write_recipe(zoo / f"{out}.yaml", Path("base"), [("la", Path("la")), ("lb", Path("lb"))],
+                          method="ties", space=space, parameters=params, output={"path": out, "dtype": "float32"})
+    result = cli("merge", str(recipe), "-q", "--overwrite")
+    assert result.exit_code == 0, result.output
+    got = merged_updates(zoo, out)
+    spec = REGISTRY["ties"]
+    seen: list = []
+
+    def record(deltas, weights, p, ctx):
+        seen.append([d.dense() for d in deltas])
+        return MergeResult(DenseDelta(torch.zeros(deltas[0].shape)))
+
+    cpu = torch.device("cpu")
+    for k in got:
+        merge_in_space(replace(spec, merge=record), true_deltas(zoo, ["la", "lb"], k)[1], [1.0, 1.0],
+                       spec.params.model_validate(params), MergeContext(k, 2, cpu), space)
+    pool = [torch.cat([group[i].reshape(-1) for group in seen]) for i in range(2)]
+    thresholds = [float(torch.topk(f.abs(), int(0.2 * f.numel())).values[-1]) for f in pool]
+    record_ = json.loads((zoo / out / "manifest.json").read_text())["prepass"]
+    assert record_["thresholds"] == thresholds and record_["entries"] == pool[0].numel()
+    state = GlobalThresholds(0.2, pool[0].numel(), thresholds, record_["kept"])
+    for k in got:
+        want = merge_in_space(spec, true_deltas(zoo, ["la", "lb"], k)[1], [1.0, 1.0],
+                              spec.params.model_validate(params), MergeContext(k, 2, cpu, prepass=state), space)
+        assert torch.allclose(got[k], want.delta.dense(), atol=1e-6), k
+
+
+def test_global_trim_pools_the_weights_that_ask_for_it(zoo):
+    def merge(out: str, override: dict):
+        recipe = write_recipe(zoo / f"{out}.yaml", Path("base"), [("fa", Path("fa")), ("fb", Path("fb"))],
+                              method="ties", parameters={"trim": "global"}, output={"path": out},
+                              modules={"overrides": [{"pattern": "*.mlp.*", "parameters": override}]})
+        return cli("merge", str(recipe), "-q", "--overwrite")
+
+    clash = merge("out-ties-clash", {"density": 0.3})
+    assert clash.exit_code != 0 and "one density" in str(clash.exception)  # before any tensor is read
+    assert not (zoo / "out-ties-clash").exists()
+    assert merge("out-ties-mixed", {"density": 0.3, "trim": "per_tensor"}).exit_code == 0
+    manifest = json.loads((zoo / "out-ties-mixed" / "manifest.json").read_text())
+    merged = {k: e for k, e in manifest["tensors"].items() if e["role"] == "merge"}
+    assert manifest["prepass"]["weights"] == sum(".mlp." not in k for k in merged)
+    assert all(e["trim"] == ("per_tensor" if ".mlp." in k else "global") for k, e in merged.items())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Callable, Optional, Sequence
+from typing import Annotated, Any, Callable, Iterator, Optional, Protocol, Sequence
 
 import torch
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -40,6 +40,7 @@ class MergeContext:
     n_specialists: int
     device: torch.device
     generator: Optional[torch.Generator] = None
+    prepass: Optional["PrepassState"] = None  # the method's pre-pass result, at the weights that took part
 
 
 @dataclass
@@ -51,6 +52,30 @@ class MergeResult:
 
 
 MergeFn = Callable[[Sequence[Delta], Sequence[float], Any, MergeContext], MergeResult]
+Sweep = Callable[[], Iterator[Sequence[torch.Tensor]]]
+
+
+class PrepassState(Protocol):
+    """What a pre-pass hands to merge (as ctx.prepass); `manifest()` is its record in manifest.json."""
+
+    def manifest(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Prepass:
+    """A look at every merged weight before any is merged, for a method whose merge of one weight depends on all
+    of them (TIES' global trim). The engine streams weights one at a time, so the method states what it needs:
+
+    - `wanted(params)`: whether a weight with these parameters takes part (none does: no pre-pass is run);
+    - `inputs(deltas, params, ctx)`: the tensors, one per specialist, that merge would look at for that weight
+      (the engine calls it where it would call merge, so it sees the recipe's space);
+    - `run(params, sweep)`: the parameters of the weights taking part, and `sweep()`, which streams those tensors
+      weight by weight from disk again on each call; it returns the state merge then finds in ctx.prepass.
+    """
+
+    wanted: Callable[[Any], bool]
+    inputs: Callable[[Sequence[Delta], Any, MergeContext], Sequence[torch.Tensor]]
+    run: Callable[[Sequence[Any], Sweep], PrepassState]
 
 
 @dataclass(frozen=True)
@@ -64,6 +89,7 @@ class MethodSpec:
     ssam_cli/spaces.py); `exact_on_factors` says that calling it on the LowRankDeltas themselves gives
     exactly the dense-space result, so the dense and core spaces need not densify or re-express anything.
     `lowrank_when(params)` overrides `lowrank_output` for a method whose output kind depends on its parameters.
+    `prepass` is set by a method that must see every merged weight first (see Prepass).
     """
 
     name: str
@@ -75,6 +101,7 @@ class MethodSpec:
     spaces: tuple[str, ...] = ("dense", "factor", "core")
     exact_on_factors: bool = False
     lowrank_when: Optional[Callable[[Any], bool]] = None  # params → low-rank output, where it depends on them
+    prepass: Optional[Prepass] = None
 
 
 def resolve_lambda(lam: Optional[float], n: int, default_is_mean: bool) -> float:

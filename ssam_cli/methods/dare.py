@@ -1,7 +1,8 @@
 """DARE (Yu et al., ICML 2024): drop each entry of every Δ_i with probability p, rescale by 1/(1−p).
 
 `dare_linear` sums the rescaled updates (× λ); `dare_ties` feeds them to TIES' sign election and disjoint
-mean (optionally after a TIES magnitude trim, off by default as in PEFT and mergekit). The masks come from
+mean (optionally after a TIES magnitude trim, off by default as in PEFT and mergekit; per tensor, or with
+`trim: global` over every merged weight's rescaled entries, see global_trim.py). The masks come from
 ctx.generator, which the engine seeds from the recipe seed and the tensor name: reruns are bit-identical.
 """
 
@@ -14,7 +15,7 @@ from pydantic import Field
 
 from ssam_cli.deltas import Delta, DenseDelta, frobenius_norm
 from ssam_cli.methods.base import MergeContext, MergeResult, MethodSpec, ScaledParams, resolve_lambda
-from ssam_cli.methods.sign_consensus import ties_merge
+from ssam_cli.methods.global_trim import Trim, global_trim_prepass, trimmed_ties
 
 
 class DareParams(ScaledParams):
@@ -27,6 +28,7 @@ class DareTiesParams(DareParams):
     """p as DARE; density: TIES magnitude trim after the drop (1.0: no trim, as PEFT and mergekit)."""
 
     density: float = Field(default=1.0, gt=0.0, le=1.0, description="fraction kept by TIES' trim after the drop")
+    trim: Trim = Field(default="per_tensor", description="per_tensor, or global: one threshold over all merged weights")
 
 
 def drop_and_rescale(x: torch.Tensor, p: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -53,8 +55,10 @@ def merge_linear(deltas: Sequence[Delta], weights: Sequence[float], params: Dare
 def merge_ties(deltas: Sequence[Delta], weights: Sequence[float], params: DareTiesParams,
                ctx: MergeContext) -> MergeResult:
     lam = resolve_lambda(params.lam, ctx.n_specialists, default_is_mean=False)
-    merged = DenseDelta(ties_merge(_dropped(deltas, params.p, ctx), weights, params.density) * lam)
-    stats = {"lambda": lam, "p": params.p, "density": params.density, "norm_merged": frobenius_norm(merged)}
+    out, trim_stats = trimmed_ties(_dropped(deltas, params.p, ctx), weights, params.density, params.trim, ctx)
+    merged = DenseDelta(out * lam)
+    stats = {"lambda": lam, "p": params.p, "density": params.density, **trim_stats,
+             "norm_merged": frobenius_norm(merged)}
     return MergeResult(merged, stats)
 
 
@@ -72,4 +76,5 @@ TIES_SPEC = MethodSpec(
     paper="Language Models are Super Mario: DARE (Yu et al., ICML 2024) + TIES-Merging",
     params=DareTiesParams,
     merge=merge_ties,
+    prepass=global_trim_prepass(lambda deltas, params, ctx: _dropped(deltas, params.p, ctx)),
 )
