@@ -46,6 +46,7 @@ def measured(cmd: list[str], timeout: Optional[float] = None, cwd: Path = REPO,
              env_extra: Optional[dict[str, str]] = None) -> dict[str, Any]:
     """Run cmd; wall seconds, peak RSS (MB) of the process from wait4, exit code, and its stdout."""
     env = {**os.environ, "PYTHONPATH": str(REPO), **(env_extra or {})}
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         p = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=cwd, env=env)
@@ -69,7 +70,8 @@ def measured(cmd: list[str], timeout: Optional[float] = None, cwd: Path = REPO,
     return {"cmd": " ".join(cmd), "wall_s": round(wall, 3), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
             "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
             "peak_anon_mb": round(peaks["RssAnon"] / 1024, 1), "peak_file_mb": round(peaks["RssFile"] / 1024, 1),
-            "rc": p.returncode, "stdout": stdout[-4000:], "stderr": stderr[-2000:]}
+            "rc": p.returncode, "load_avg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "stdout": stdout[-4000:], "stderr": stderr[-2000:]}
 
 
 def _sample_rss(pid: int, peaks: dict[str, int]) -> None:
@@ -83,11 +85,12 @@ def _sample_rss(pid: int, peaks: dict[str, int]) -> None:
         pass
 
 
-def worker(name: str, *args: str, timeout: Optional[float] = None) -> dict[str, Any]:
+def worker(name: str, *args: str, timeout: Optional[float] = None, threads: Optional[int] = None) -> dict[str, Any]:
     """This file's --worker NAME in a subprocess; its last stdout line is a JSON result."""
-    run = measured([PY, str(Path(__file__).resolve()), "--worker", name, *args], timeout=timeout)
+    env = {"OMP_NUM_THREADS": str(threads)} if threads else None
+    run = measured([PY, str(Path(__file__).resolve()), "--worker", name, *args], timeout=timeout, env_extra=env)
     result: dict[str, Any] = {"wall_s": run["wall_s"], "cpu_s": run["cpu_s"], "peak_rss_mb": run["peak_rss_mb"],
-                              "rc": run["rc"]}
+                              "rc": run["rc"], "load_avg_1min": run["load_avg_1min"]}
     lines = [ln for ln in run["stdout"].splitlines() if ln.startswith("{")]
     if run["rc"] != 0 or not lines:
         result["error"] = (run["stderr"] or run["stdout"])[-800:]
@@ -141,12 +144,15 @@ def write_recipe(path: Path, method: str, base: Path, specialists: list[Path], o
 
 
 def ssam_merge(name: str, method: str, base: Path, specialists: list[Path], fmt: str, parameters: dict[str, Any],
-               dtype: str = "bfloat16", keep: bool = False, threads: Optional[int] = None) -> dict[str, Any]:
+               dtype: str = "bfloat16", keep: bool = False, threads: Optional[int] = None,
+               spectrum: bool = True) -> dict[str, Any]:
     out = WORK / name
     recipe = write_recipe(WORK / f"{name}.yaml", method, base, specialists, out, fmt, parameters, dtype)
     env = {"OMP_NUM_THREADS": str(threads)} if threads else None
-    run = measured([*SSAM, "merge", str(recipe), "--overwrite", "-q"], env_extra=env)
-    row: dict[str, Any] = {k: run[k] for k in ("wall_s", "cpu_s", "peak_rss_mb", "peak_anon_mb", "peak_file_mb", "rc")}
+    flags = [] if spectrum else ["--no-spectrum"]
+    run = measured([*SSAM, "merge", str(recipe), "--overwrite", "-q", *flags], env_extra=env)
+    row: dict[str, Any] = {k: run[k] for k in ("wall_s", "cpu_s", "peak_rss_mb", "peak_anon_mb", "peak_file_mb", "rc",
+                                                "load_avg_1min")}
     if run["rc"] != 0:
         row["error"] = run["stderr"][-800:]
         return row
@@ -176,15 +182,18 @@ def section_help() -> None:
 
 
 def section_lora() -> None:
-    """SSAM of 4 × rank-128 adapters → LoRA adapter; two depths to show the peak RSS does not grow."""
+    """SSAM of 4 × rank-128 adapters → LoRA adapter; two depths to show the peak memory does not grow; one thread
+    without the manifest's spectrum summary (the method alone), then the defaults (two threads, with the summary,
+    which recomputes the bases per weight). Rows are saved as they finish: the last ones are slow under load."""
     mc = checkpoints()
-    rows = {}
-    for layers, threads in ((2, None), (LAYERS, None), (LAYERS, 1)):
+    rows: dict[str, Any] = {}
+    for layers, threads, spectrum in ((2, 1, False), (LAYERS, 1, False), (2, None, True), (LAYERS, None, True)):
         adapters = mc.make_lora(4, layers)
         base = mc.make_sparse_base(layers)
-        label = f"L{layers}" + (f", OMP_NUM_THREADS={threads}" if threads else "")
-        rows[label] = ssam_merge(f"lora-L{layers}", "ssam", base, adapters, "lora", {"rank": 128}, threads=threads)
-    save("lora", {"rows": rows})
+        label = f"L{layers}" + (f", OMP_NUM_THREADS={threads}" if threads else "") + ("" if spectrum else ", --no-spectrum")
+        rows[label] = ssam_merge(f"lora-L{layers}", "ssam", base, adapters, "lora", {"rank": 128}, threads=threads,
+                                 spectrum=spectrum)
+        save("lora", {"rows": rows})  # after every row: a long section interrupted keeps what it measured
 
 
 def section_full() -> None:
@@ -231,7 +240,9 @@ def section_peft() -> None:
 def section_dense() -> None:
     mc = checkpoints()
     base, specs = mc.make_dense(4, 1)
-    row = worker("dense", SAMPLE["down_proj"], str(base), *map(str, specs))
+    # One thread: on a shared machine, OpenMP threads spin while they wait, so two-thread CPU seconds would
+    # count the waiting; single-threaded CPU seconds are the work itself, comparable between the two sides.
+    row = worker("dense", SAMPLE["down_proj"], str(base), *map(str, specs), threads=1)
     save("dense", {"rows": {"down_proj": row}})
 
 
@@ -287,6 +298,14 @@ def work_alg1(name: str, *folders: str) -> dict[str, Any]:
     deltas = _adapter_deltas(name, list(folders))
     n = len(deltas)
     ctx = MergeContext(name, n, torch.device("cpu"), torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    one_thread = []
+    torch.set_num_threads(1)
+    for _ in range(3):
+        t0, c0 = time.perf_counter(), time.process_time()
+        merge(deltas, [1.0] * n, SsamParams(rank=128), ctx)
+        one_thread.append((time.perf_counter() - t0, time.process_time() - c0))
+    torch.set_num_threads(threads)
     times, cpu = [], []
     for _ in range(3):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -311,7 +330,8 @@ def work_alg1(name: str, *folders: str) -> dict[str, Any]:
         return float((a - b).norm() / b.norm())
 
     return {"shape": list(deltas[0].shape), "k": [k_u, k_v], "rank_requested": 128, "ssam_s": round(min(times), 4),
-            "ssam_cpu_s": round(min(cpu), 4),
+            "ssam_cpu_s": round(min(cpu), 4), "threads": threads, "ssam_s_1thread": round(min(t for t, _ in one_thread), 4),
+            "ssam_cpu_s_1thread": round(min(c for _, c in one_thread), 4),
             "alg1_s": round(alg1_s, 2), "ratio": round(alg1_s / min(times), 1),
             "rel_err_ssam_vs_alg1": rel(ours, alg1), "rel_err_ssam_vs_float64": rel(ours, reference),
             "rel_err_alg1_vs_float64": rel(alg1, reference)}
@@ -392,15 +412,15 @@ def work_dense(name: str, base: str, *specialists: str) -> dict[str, Any]:
     deltas = [FullCheckpoint(Path(s)).read(name).float() - w0 for s in specialists]
     del w0
     k = 128
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     left_r, right_r = randomized_spectra(deltas, k, torch.Generator().manual_seed(0))
     Ur, Vr = left_r.top(k), right_r.top(k)
-    randomized_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    randomized_s, randomized_cpu = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
     la, Ue = torch.linalg.eigh(sum(d @ d.T for d in deltas))
     lb, Ve = torch.linalg.eigh(sum(d.T @ d for d in deltas))
     Ue, Ve = Ue.flip(1)[:, :k], Ve.flip(1)[:, :k]
-    exact_s = time.perf_counter() - t0
+    exact_s, exact_cpu = time.perf_counter() - t0, time.process_time() - c0
 
     def energy(lam: Any) -> float:
         lam = lam.double().clamp_min(0).flip(0)
@@ -412,8 +432,10 @@ def work_dense(name: str, base: str, *specialists: str) -> dict[str, Any]:
 
     a, b = merged(Ur, Vr), merged(Ue, Ve)
     e_left, e_right = energy(la), energy(lb)
-    return {"shape": list(deltas[0].shape), "n": len(deltas), "k": k, "randomized_s": round(randomized_s, 2),
-            "exact_s": round(exact_s, 2), "ratio": round(exact_s / randomized_s, 1),
+    return {"shape": list(deltas[0].shape), "n": len(deltas), "k": k, "threads": torch.get_num_threads(),
+            "randomized_s": round(randomized_s, 2), "randomized_cpu_s": round(randomized_cpu, 2),
+            "exact_s": round(exact_s, 2), "exact_cpu_s": round(exact_cpu, 2), "ratio": round(exact_s / randomized_s, 1),
+            "ratio_cpu": round(exact_cpu / randomized_cpu, 1), "krylov": {"width": left_r.width, "depth": left_r.depth},
             "energy_left": [left_r.energy(k), e_left], "energy_right": [right_r.energy(k), e_right],
             "energy_diff": max(abs(left_r.energy(k) - e_left), abs(right_r.energy(k) - e_right)),
             "subspace_error_estimate": [left_r.subspace_error, right_r.subspace_error],
@@ -467,8 +489,8 @@ def table(s: dict[str, Any]) -> str:
     if "lora" in s:
         for depth, r in s["lora"]["rows"].items():
             add(f"`ssam merge` SSAM 4×r128 → LoRA, {depth} ({g(r, 'merged_weights')} weights, k used {g(r, 'rank_used')})",
-                f"{g(r, 'wall_s')} s wall, {g(r, 'cpu_s')} s CPU, RSS {g(r, 'peak_rss_mb')} MB (anon {g(r, 'peak_anon_mb')})",
-                "", "", "≤ 30 s (L32)")
+                f"{g(r, 'wall_s')} s wall, {g(r, 'cpu_s')} s CPU, RSS {g(r, 'peak_rss_mb')} MB (anon {g(r, 'peak_anon_mb')}); "
+                f"load {g(r, 'load_avg_1min')}", "", "", "≤ 30 s (L32)")
     if "full" in s:
         f = s["full"]
         for depth, r in f["rows"].items():
@@ -480,13 +502,12 @@ def table(s: dict[str, Any]) -> str:
             f"({g(f, 'per_layer_cpu_s')} s/layer)", "", "", "")
     if "alg1" in s:
         a = s["alg1"]
-        acc = a.get("accuracy", {})
         for short, r in a["rows"].items():
-            c = acc.get(short, r)
-            add(f"SSAM vs direct Algorithm 1 (float32 Gram + eigh), {short} {g(r, 'shape')}, k={g(c, 'k')}",
-                f"{g(r, 'ssam_s')} s wall in worker; {g(c, 'ssam_cpu_s_1thread')} s CPU on 1 thread",
+            add(f"SSAM vs direct Algorithm 1 (float32 Gram + eigh), {short} {g(r, 'shape')}, k={g(r, 'k')}",
+                f"{g(r, 'ssam_s')} s wall ({g(r, 'threads')} threads), {g(r, 'ssam_s_1thread')} s wall and "
+                f"{g(r, 'ssam_cpu_s_1thread')} s CPU on 1 thread; load {g(r, 'load_avg_1min')}",
                 f"{g(r, 'alg1_s')} s, {g(r, 'peak_rss_mb')} MB (worker)",
-                f"{g(r, 'ratio')}× (wall/wall); rel err vs float64: ssam {g(c, 'rel_err_ssam_vs_float64', fmt='{:.1e}')}, "
+                f"{g(r, 'ratio')}× (wall/wall); rel err vs float64: ssam {g(r, 'rel_err_ssam_vs_float64', fmt='{:.1e}')}, "
                 f"Alg.1 {g(r, 'rel_err_alg1_vs_float64', fmt='{:.1e}')}", "≥ 300×, ≤ 1e-4")
         add("  Algorithm 1 extrapolated to 32 layers", f"{a['ssam_model_compute_s']} s (wall in worker)",
             f"{a['alg1_model_s']} s", f"{a['alg1_model_s'] / max(a['ssam_model_compute_s'], 1e-9):.0f}×", "")
@@ -501,10 +522,12 @@ def table(s: dict[str, Any]) -> str:
                 f"{p['peft_model_s'] / ours:.0f}×" if ours else "n/a", "")
     if "dense" in s:
         r = s["dense"]["rows"]["down_proj"]
-        add(f"dense consensus bases {g(r, 'shape')}, n={g(r, 'n')}, k=128: randomized vs exact eigh (float32 Grams)",
-            f"{g(r, 'randomized_s')} s", f"{g(r, 'exact_s')} s",
-            f"{g(r, 'ratio')}×; energy diff {g(r, 'energy_diff', fmt='{:.1e}')}; merged Δ diff "
-            f"{g(r, 'merged_rel_diff', fmt='{:.1e}')}", "≥ 20×, ≤ 1e-3")
+        add(f"dense consensus bases {g(r, 'shape')}, n={g(r, 'n')}, k=128: randomized vs exact eigh (float32 Grams), "
+            f"{g(r, 'threads')} thread(s)",
+            f"{g(r, 'randomized_s')} s wall, {g(r, 'randomized_cpu_s')} s CPU; load {g(r, 'load_avg_1min')}",
+            f"{g(r, 'exact_s')} s wall, {g(r, 'exact_cpu_s')} s CPU",
+            f"{g(r, 'ratio')}× wall, {g(r, 'ratio_cpu')}× CPU; energy diff {g(r, 'energy_diff', fmt='{:.1e}')}; "
+            f"merged Δ diff {g(r, 'merged_rel_diff', fmt='{:.1e}')}", "≥ 20×, ≤ 1e-3")
     if "mergekit" in s:
         m = s["mergekit"]
         if "skipped" in m:

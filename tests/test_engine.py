@@ -77,7 +77,7 @@ def test_lora_output_applied_to_the_base_equals_the_full_output(tiny):
 def test_manifest_records_inputs_hashes_parameters_and_output_files(tiny):
     result = merge(tiny, ["a", "c"], parameters={"rank": 3, "lambda": 0.8}, seed=7)
     m = json.loads((result.output / "manifest.json").read_text())
-    assert m["method"] == "ssam" and m["parameters"] == {"lambda": 0.8, "rank": 3} and m["seed"] == 7
+    assert m["method"] == "ssam" and m["parameters"] == {"exact": False, "lambda": 0.8, "rank": 3} and m["seed"] == 7
     spec_a = next(i for i in m["inputs"] if i["name"] == "a")
     sha = hashlib.sha256((tiny / "a" / "adapter_model.safetensors").read_bytes()).hexdigest()
     assert {"path": "adapter_model.safetensors", "sha256": sha} .items() <= {

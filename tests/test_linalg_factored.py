@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ssam_cli.deltas import LowRankDelta
-from ssam_cli.linalg import FactoredSpectrum, consensus_bases, project_sum, spectra
+from ssam_cli.linalg import FactoredSpectrum, Spectrum, consensus_bases, project_sum, spectra
 
 K = 12
 
@@ -102,3 +102,24 @@ def test_rank_deficient_unequal_and_empty_inputs():
 def test_all_zero_updates_give_an_empty_spectrum():
     left, right = spectra([LowRankDelta.zero((5, 7)), LowRankDelta.zero((5, 7))])
     assert left.numerical_rank == 0 and right.vectors.shape == (7, 0)
+
+
+def test_steep_but_full_rank_factors_keep_k():
+    """σ_R/σ_1 ≈ 2.5e-4 on a 300 × 4000 weight: full rank for the R × R problem (cut at σ_1·R·ε ≈ 8e-6·σ_1),
+    though the d-sized tolerance (σ_1·max(m, n·d_in)·ε ≈ 2e-3·σ_1) cut the left side to 48 of 64 directions."""
+    g = torch.Generator().manual_seed(5)
+    r, n, shape = 16, 4, (300, 4000)
+    decay = torch.logspace(0, -3.5, r, dtype=torch.float64)
+    deltas = []
+    for _ in range(n):
+        U = torch.linalg.qr(torch.randn(shape[0], r, generator=g, dtype=torch.float64))[0]
+        V = torch.linalg.qr(torch.randn(shape[1], r, generator=g, dtype=torch.float64))[0]
+        deltas.append(LowRankDelta((U * decay.sqrt()).float(), (decay.sqrt()[:, None] * V.T).float(), 1.0))
+    bases = consensus_bases(deltas, n * r)
+    assert bases.U.shape[1] == bases.V.shape[1] == n * r and not bases.capped
+    assert Spectrum.numerical_rank.fget(bases.left) < n * r  # the d-sized rule this replaces
+    _, S, _, _ = exact(deltas)
+    assert float(S[n * r - 1] / S[0]) < 1e-3  # steep: the last direction is weak, yet real
+    merged = bases.U.double() @ bases.projected_sum().double() @ bases.V.double().T
+    total = sum(d.B.double() @ d.A.double() for d in deltas)
+    assert float((merged - total).norm() / total.norm()) < 1e-5  # k = R keeps the whole sum

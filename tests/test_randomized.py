@@ -1,10 +1,10 @@
 """The randomized consensus spectra against float64 SVDs of the explicitly stacked matrices.
 
-Tolerances (k = 24, sketch q = 2k = 48, 2 power iterations, float32 inputs):
+Tolerances (k = 24, Krylov depth 2: three blocks of k + 8 = 32 columns, q = 96; float32 inputs):
   decaying spectra (σ_j ∝ j^-1.5): top-k singular values within 1e-3 relative, energy at k within 1e-5,
   sin θ to the exact subspace ≤ 0.05 and never above the reported estimate, SSAM's merged Δ within 1e-3;
   flat-ish spectra (σ_j ∝ j^-0.5, no gap): energy at k within 5e-3, the estimate does not claim false accuracy;
-  exactly low-rank inputs (rank < q): the subspace exactly (1e-5), the numerical rank exactly.
+  exactly low-rank inputs (rank < one block): the subspace exactly (1e-5), the numerical rank exactly.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ssam_cli.linalg import left_singular_of_blocks
-from ssam_cli.randomized import RandomizedSpectrum, randomized_left, randomized_spectra, sketch_width
+from ssam_cli.randomized import RandomizedSpectrum, randomized_left, krylov_width, randomized_spectra
 
 K = 24
 
@@ -59,7 +59,7 @@ def test_decaying_spectra_match_float64(transpose):
     blocks = [d.T for d in deltas] if transpose else deltas
     got = randomized_left(blocks, K, seeded())
     U, S = exact_left(blocks)
-    assert isinstance(got, RandomizedSpectrum) and got.oversampled == 2 * K
+    assert isinstance(got, RandomizedSpectrum) and got.width == 3 * (K + 8) and got.depth == 2
     assert torch.allclose(got.values[:K], S[:K], rtol=1e-3)
     assert got.energy(K) == pytest.approx(exact_energy(S, K), abs=1e-5)
     true_error = sin_theta(got.vectors[:, :K], U[:, :K])
@@ -98,7 +98,7 @@ def test_exactly_low_rank_inputs_are_recovered_exactly():
 
 def test_small_matrices_take_the_exact_path():
     deltas = updates(2, 40, 30, decay=1.0)
-    got = randomized_left(deltas, 32, seeded())  # q = 64 ≥ 40: nothing to save
+    got = randomized_left(deltas, 32, seeded())  # q = 120, capped at 40: nothing to save
     want = left_singular_of_blocks(deltas)
     assert not isinstance(got, RandomizedSpectrum)
     assert torch.equal(got.values, want.values)
@@ -128,7 +128,24 @@ def test_ssam_with_randomized_bases_matches_float64_algorithm_1():
     assert float((merged - reference).norm() / reference.norm()) < 1e-3
 
 
-def test_sketch_width_is_generous_and_capped():
-    assert sketch_width(128, 4096) == 256
-    assert sketch_width(4, 4096) == 20  # at least k + 16
-    assert sketch_width(128, 200) == 200
+def test_krylov_width_is_three_blocks_and_capped():
+    assert krylov_width(128, 4096) == 3 * 136
+    assert krylov_width(4, 4096, depth=1) == 2 * 12
+    assert krylov_width(128, 200) == 200
+
+
+def test_reusing_the_krylov_products_equals_projecting_again(monkeypatch):
+    """Mᵀ Q from the products made along the way (orthonormal blocks) = a fresh projection onto orth(K)."""
+    from ssam_cli import randomized
+
+    deltas = updates(4, 200, 300, decay=1.5)
+    checks = []
+    real = randomized._orthonormal
+    monkeypatch.setattr(randomized, "_orthonormal", lambda Q: checks.append(real(Q)) or checks[-1])
+    reused = randomized_left(deltas, K, seeded())
+    monkeypatch.setattr(randomized, "_orthonormal", lambda Q: False)
+    fresh = randomized_left(deltas, K, seeded())
+    assert checks == [True]
+    assert torch.allclose(reused.values[:K], fresh.values[:K], rtol=1e-5)
+    assert sin_theta(reused.vectors[:, :K], fresh.vectors[:, :K]) < 1e-4
+    assert reused.energy(K) == pytest.approx(fresh.energy(K), abs=1e-6)

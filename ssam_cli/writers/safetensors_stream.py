@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import BinaryIO, Optional, Sequence
 
 import torch
 
 CODES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
          torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
          torch.bool: "BOOL"}
+CHUNK = 16 << 20  # bytes per read when copying from a file without copy_file_range
 
 
 @dataclass(frozen=True)
@@ -49,13 +51,36 @@ class StreamingSafetensorsWriter:
         self._next = 0
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
-        spec = self.specs[self._next]
-        if name != spec.name or tuple(tensor.shape) != spec.shape or tensor.dtype != spec.dtype:
-            raise RuntimeError(f"{self.path.name}: expected {spec.name} {spec.shape} {spec.dtype} next, "
-                               f"got {name} {tuple(tensor.shape)} {tensor.dtype}")
+        self._expect(name, tuple(tensor.shape), tensor.dtype)
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
         self._file.write(memoryview(data.numpy()))
         self._next += 1
+
+    def copy(self, name: str, source: BinaryIO, offset: int) -> None:
+        """Write the next planned tensor from raw bytes at `offset` of an open file (kernel-side where possible),
+        so that data spilled to disk earlier never comes back into memory."""
+        spec = self._expect(name, None, None)
+        self._file.flush()
+        done = 0
+        while done < spec.nbytes:
+            try:
+                n = os.copy_file_range(source.fileno(), self._file.fileno(), spec.nbytes - done, offset + done)
+            except OSError:  # not supported between these files: through a bounded buffer instead
+                n = self._file.write(os.pread(source.fileno(), min(spec.nbytes - done, CHUNK), offset + done))
+                self._file.flush()
+            if n == 0:
+                raise RuntimeError(f"{self.path.name}: source ended inside {name}")
+            done += n
+        self._next += 1
+
+    def _expect(self, name: str, shape: Optional[tuple[int, ...]], dtype: Optional[torch.dtype]) -> TensorSpec:
+        if self._next >= len(self.specs):
+            raise RuntimeError(f"{self.path.name}: {name} is beyond the {len(self.specs)} planned tensors")
+        spec = self.specs[self._next]
+        if name != spec.name or shape not in (None, spec.shape) or dtype not in (None, spec.dtype):
+            raise RuntimeError(f"{self.path.name}: expected {spec.name} {spec.shape} {spec.dtype} next, "
+                               f"got {name} {shape} {dtype}")
+        return spec
 
     @property
     def done(self) -> bool:

@@ -112,3 +112,59 @@ def test_zero_rank_specialists_are_exact_zeros():
 def test_all_zero_updates_merge_to_rank_zero():
     got = run([LowRankDelta.zero((8, 6)), LowRankDelta.zero((8, 6))], 4)
     assert got.delta.rank == 0 and float(got.delta.dense().abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("kind", ["lora", "dense"])
+def test_norm_stats_equal_the_direct_norms(kind):
+    deltas = lora_deltas((40, 56), n=3, r=4, seed=9, decay=0.5)
+    if kind == "dense":
+        deltas = [DenseDelta(d.dense()) for d in deltas]
+    got = run(deltas, 6, weights=[1.0, 0.5, 2.0])
+    total = sum(d.dense().double() * w for d, w in zip(deltas, [1.0, 0.5, 2.0]))
+    assert got.stats["norm_sum"] == pytest.approx(float(total.norm()), rel=1e-6)
+    assert got.stats["norm_merged"] == pytest.approx(float(got.delta.dense().double().norm()), rel=1e-5)
+
+
+def _dense_decaying(n, shape, r, seed):
+    """Dense updates with σ_j ∝ j^-1.5 (rank r) and half of their directions shared, as float32."""
+    g = torch.Generator().manual_seed(seed)
+    shared_u = torch.randn(shape[0], r // 2, generator=g, dtype=torch.float64)
+    shared_v = torch.randn(shape[1], r // 2, generator=g, dtype=torch.float64)
+    sigma = torch.arange(1, r + 1, dtype=torch.float64).pow(-1.5)
+    out = []
+    for _ in range(n):
+        U = torch.linalg.qr(torch.cat([shared_u, torch.randn(shape[0], r - r // 2, generator=g, dtype=torch.float64)], 1))[0]
+        V = torch.linalg.qr(torch.cat([shared_v, torch.randn(shape[1], r - r // 2, generator=g, dtype=torch.float64)], 1))[0]
+        out.append(DenseDelta(((U * sigma) @ V.T).float()))
+    return out
+
+
+def _exact_energy(blocks, k):
+    s = torch.linalg.svdvals(torch.cat([b.double() for b in blocks], dim=1))
+    return float(s[:k].square().sum() / s.square().sum())
+
+
+def test_large_dense_weights_get_randomized_bases_with_their_error_in_the_stats(monkeypatch):
+    """Tolerances (k = 24 of rank 160, sketch 2k): energy at k within 1e-4 of float64, merged Δ within 1e-3."""
+    monkeypatch.setattr(ssam, "RANDOMIZED_FROM", 150)
+    deltas = _dense_decaying(4, (160, 220), 160, seed=11)
+    got = run(deltas, 24, lam=0.25)
+    dense = [d.tensor for d in deltas]
+    assert got.stats["bases"] == "randomized"
+    assert got.stats["energy_left"] == pytest.approx(_exact_energy(dense, 24), abs=1e-4)
+    assert got.stats["energy_right"] == pytest.approx(_exact_energy([d.T for d in dense], 24), abs=1e-4)
+    assert all(0.0 <= e <= 1.0 for e in got.stats["subspace_error"])
+    assert got.stats["sketch"] == {"width": [96, 96], "depth": [2, 2]}  # 3 blocks of k + 8
+    assert rel_err(got.delta.dense(), ssam_reference(dense, 24, 0.25)) < 1e-3
+
+
+def test_exact_parameter_and_small_weights_keep_the_exact_path(monkeypatch):
+    deltas = _dense_decaying(3, (160, 220), 160, seed=12)
+    dense = [d.tensor for d in deltas]
+    small = run(deltas, 24)  # 160 < 2048: exact
+    monkeypatch.setattr(ssam, "RANDOMIZED_FROM", 150)
+    forced = ssam.merge(deltas, [1.0] * 3, ssam.SsamParams(rank=24, exact=True), ctx(3))
+    for got in (small, forced):
+        assert got.stats["bases"] == "exact" and "subspace_error" not in got.stats
+        assert rel_err(got.delta.dense(), ssam_reference(dense, 24, 1 / 3)) < TOL
+    assert run(lora_deltas((40, 40), n=2, r=3, seed=1), 4).stats["bases"] == "factored"

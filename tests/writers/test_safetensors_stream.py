@@ -26,3 +26,27 @@ def test_out_of_plan_writes_and_early_close_fail(tmp_path):
     w.write("a", torch.zeros(2))
     with pytest.raises(RuntimeError, match="closed after 1 of 2"):
         w.close()
+
+
+def test_copy_from_a_file_writes_the_same_bytes_and_checks_the_plan(tmp_path):
+    a, b = torch.randn(3, 4), torch.arange(6, dtype=torch.int64)
+    raw = tmp_path / "raw.bin"
+    raw.write_bytes(b"xx" + a.numpy().tobytes() + b.numpy().tobytes())
+    specs = [TensorSpec("a", (3, 4), torch.float32), TensorSpec("b", (6,), torch.int64)]
+    w = StreamingSafetensorsWriter(tmp_path / "x.safetensors", specs)
+    with open(raw, "rb") as f:
+        with pytest.raises(RuntimeError, match="expected a"):
+            w.copy("b", f, 2 + a.numel() * 4)
+        w.copy("a", f, 2)
+        w.write("b", b)  # copies and ordinary writes mix
+    w.close()
+    back = load_file(str(tmp_path / "x.safetensors"))
+    assert torch.equal(back["a"], a) and torch.equal(back["b"], b)
+
+
+def test_copy_past_the_end_of_the_source_fails(tmp_path):
+    raw = tmp_path / "raw.bin"
+    raw.write_bytes(b"\0" * 10)
+    w = StreamingSafetensorsWriter(tmp_path / "x.safetensors", [TensorSpec("a", (4,), torch.float32)])
+    with open(raw, "rb") as f, pytest.raises(RuntimeError, match="source ended inside a"):
+        w.copy("a", f, 0)
