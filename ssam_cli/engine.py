@@ -220,9 +220,10 @@ def run_merge(p: Prepared, *, overwrite: bool = False, device: Optional[str] = N
                 else:
                     base, deltas = to_deltas(loaded, n, dev)
                     state = prepass.state if t.name in prepass.weights else None
-                    entry.update(_merge_one(p, t, dev, base, deltas, weights, spec, writer, fmt, state))
+                    figures, bases = _merge_one(p, t, dev, base, deltas, weights, spec, writer, fmt, state)
+                    entry.update(figures)
                     if spectrum:
-                        spectra.append(_analyse(p, t, deltas, weights))
+                        spectra.append(_analyse(p, t, deltas, weights, bases))
                 entry["seconds"] = round(time.perf_counter() - t0, 4)
                 stats[t.name] = entry
                 if progress:
@@ -335,7 +336,8 @@ def run_prepass(p: Prepared, spec: MethodSpec, dev: torch.device, progress: Any)
 
 def _merge_one(p: Prepared, t: PlannedTensor, dev: torch.device, base_value: Optional[torch.Tensor],
                deltas: list[Delta], weights: list[float], spec: Any, writer: Any, fmt: str,
-               prepass: Optional[PrepassState] = None) -> dict[str, Any]:
+               prepass: Optional[PrepassState] = None) -> tuple[dict[str, Any], Any]:
+    """Merge and write one weight; its manifest figures, and the method's consensus bases if it made any."""
     ctx = merge_context(p, t, len(deltas), dev, prepass)
     params = p.recipe.method_params(t.name)
     result = merge_in_space(spec, deltas, weights, params, ctx, p.recipe.space)
@@ -349,15 +351,17 @@ def _merge_one(p: Prepared, t: PlannedTensor, dev: torch.device, base_value: Opt
             _finite(t.name, result.delta.B)
             _finite(t.name, result.delta.A)
             writer.add(t.name, result.delta)
-    return {"parameters": params.model_dump(mode="json", by_alias=True, exclude_none=True), **result.stats}
+    figures = {"parameters": params.model_dump(mode="json", by_alias=True, exclude_none=True), **result.stats}
+    return figures, result.bases
 
 
-def _analyse(p: Prepared, t: PlannedTensor, deltas: list[Delta], weights: list[float]) -> Any:
-    """inspect-spectrum's figures for one merged weight, at the k the method uses there (the paper's 128 if none)."""
+def _analyse(p: Prepared, t: PlannedTensor, deltas: list[Delta], weights: list[float], bases: Any) -> Any:
+    """inspect-spectrum's figures for one merged weight, at the k the method uses there (the paper's 128 if none),
+    reusing the method's own consensus bases (SSAM's, at that same k) when it made them."""
     from ssam_cli.spectrum import analyse_weight, k_of_params
 
     return analyse_weight(t.name, deltas, weights, k_of_params(p.recipe.method_params(t.name)),
-                          [s.name for s in p.recipe.specialists])
+                          [s.name for s in p.recipe.specialists], bases=bases)
 
 
 def _finite(name: str, tensor: torch.Tensor) -> torch.Tensor:

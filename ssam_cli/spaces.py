@@ -57,7 +57,7 @@ def merge_in_space(spec: MethodSpec, deltas: Sequence[Delta], weights: Sequence[
 
 
 def _with(result: MergeResult, space: str, extra: dict[str, Any]) -> MergeResult:
-    return MergeResult(result.delta, {"space": space, **extra, **result.stats})
+    return MergeResult(result.delta, {"space": space, **extra, **result.stats}, result.bases)
 
 
 def _merge_factors(spec: MethodSpec, deltas: list[LowRankDelta], weights: Sequence[float], params: Any,

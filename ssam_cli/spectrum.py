@@ -22,7 +22,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ssam_cli.deltas import Delta, LowRankDelta
-from ssam_cli.linalg import FLOAT32_EPS, consensus_bases, project_sum
+from ssam_cli.linalg import FLOAT32_EPS, ConsensusBases, consensus_bases, project_sum
 from ssam_cli.plan import layer_of
 
 _LAYER = re.compile(r"\.(\d+)\.")  # the block index, as plan.layer_of finds it
@@ -205,10 +205,12 @@ class WeightSpectrum:
 
 
 def analyse_weight(name: str, deltas: Sequence[Delta], weights: Sequence[float], k: int,
-                   specialists: Sequence[str], shares: Sequence[float] = THRESHOLDS) -> WeightSpectrum:
-    """All figures of one weight, with the same weighting, bases and rank cap as `methods.ssam.merge`."""
+                   specialists: Sequence[str], shares: Sequence[float] = THRESHOLDS,
+                   bases: Optional[ConsensusBases] = None) -> WeightSpectrum:
+    """All figures of one weight, with the same weighting, bases and rank cap as `methods.ssam.merge`;
+    `bases`: the merge's own consensus bases of the same weighted deltas at the same k, when it has them."""
     weighted = [d.scaled(w) for d, w in zip(deltas, weights)]
-    bases = consensus_bases(weighted, k)
+    bases = bases if bases is not None else consensus_bases(weighted, k)
     svds = [own_svd(d) for d in weighted]
     norms = [math.sqrt(float(s.values.square().sum())) for s in svds]
     kept: list[Optional[float]] = []

@@ -210,3 +210,13 @@ def test_spectrum_is_off_by_default_for_full_finetunes_and_on_when_asked(tiny):
     r = write_recipe(tiny / "recipe.yaml", tiny / "base", [(n, tiny / n) for n in ("a", "c")])
     asked = run_merge(prepare(load_recipe(r)), show_progress=False, overwrite=True, spectrum=True)
     assert asked.manifest["spectrum"]["weights"][Q]["k_used"] >= 1
+
+
+def test_the_spectrum_summary_of_an_ssam_lora_merge_reuses_the_merge_bases(tiny, monkeypatch):
+    import ssam_cli.spectrum as spectrum
+
+    def recompute(*_args, **_kwargs):
+        raise AssertionError("consensus bases recomputed for the spectrum summary")
+
+    monkeypatch.setattr(spectrum, "consensus_bases", recompute)
+    assert merge(tiny, ["a", "b"], parameters={"rank": 3}).manifest["spectrum"]["weights"][Q]["k_used"] == 3

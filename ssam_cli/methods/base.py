@@ -49,6 +49,9 @@ class MergeResult:
 
     delta: Delta
     stats: dict[str, Any] = field(default_factory=dict)
+    # SSAM's consensus bases of the weighted inputs, handed on so the merge's spectrum summary need not
+    # recompute them (never serialised).
+    bases: Any = field(default=None, repr=False, compare=False)
 
 
 MergeFn = Callable[[Sequence[Delta], Sequence[float], Any, MergeContext], MergeResult]

@@ -58,7 +58,7 @@ def merge(deltas: Sequence[Delta], weights: Sequence[float], params: SsamParams,
         "norm_sum": norm_sum,
         "norm_merged": abs(lam) * float(torch.linalg.vector_norm(C.double())),  # U_c, V_c orthonormal
     }
-    return MergeResult(merged, stats)
+    return MergeResult(merged, stats, bases if route == "factored" else None)
 
 
 def _bases(weighted: Sequence[Delta], params: SsamParams, ctx: MergeContext) -> tuple[ConsensusBases, str]:
