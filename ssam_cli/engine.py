@@ -29,6 +29,7 @@ from ssam_cli.methods.base import MergeContext, MergeResult, MethodSpec, Prepass
 from ssam_cli.plan import Plan, PlannedTensor, Role, build_plan
 from ssam_cli.recipe import Recipe
 from ssam_cli.spaces import merge_in_space, produces_lowrank
+from ssam_cli.threads import torch_threads
 from ssam_cli.writers.atomic import AtomicFolder
 from ssam_cli.writers.full import FullCheckpointWriter, copy_side_files
 from ssam_cli.writers.lora import LoraAdapterWriter
@@ -179,11 +180,13 @@ class RunResult:
 
 
 def run_merge(p: Prepared, *, overwrite: bool = False, device: Optional[str] = None,
-              show_progress: bool = True, spectrum: Optional[bool] = None) -> RunResult:
+              show_progress: bool = True, spectrum: Optional[bool] = None, threads: Optional[int] = None) -> RunResult:
     """Merge everything the plan says into an atomic output folder with its manifest and model card.
 
     `spectrum` adds the spectrum summary (inspect-spectrum's figures) to the manifest; by default only when every
     merged weight is low-rank, where it costs R × R work (dense inputs need an SVD per specialist and weight).
+    `threads`: torch's CPU threads; by default one when every merged weight is low-rank (small products and
+    decompositions, faster on one thread: ssam_cli/threads.py), torch's own setting otherwise.
     """
     recipe = p.recipe
     dev = pick_device(device or recipe.device)
@@ -193,12 +196,15 @@ def run_merge(p: Prepared, *, overwrite: bool = False, device: Optional[str] = N
     weights = [s.weight for s in recipe.specialists]
     spec = REGISTRY[recipe.method]
     merged_weights = p.plan.of_role(Role.MERGE)
+    lowrank_only = all(c.kind == "lowrank" for t in merged_weights for c in t.contributions)
     if spectrum is None:
-        spectrum = all(c.kind == "lowrank" for t in merged_weights for c in t.contributions)
+        spectrum = lowrank_only
+    if threads is None and lowrank_only and dev.type == "cpu":
+        threads = 1
     stats: dict[str, dict[str, Any]] = {}
     spectra: list[Any] = []
 
-    with atomic as folder:
+    with torch_threads(threads), atomic as folder:
         fmt = recipe.output.format
         writer = _open_writer(p, folder)
         todo = p.plan.tensors if fmt == "full" else merged_weights
@@ -246,6 +252,7 @@ def run_merge(p: Prepared, *, overwrite: bool = False, device: Optional[str] = N
             "parameters": recipe.method_params().model_dump(mode="json", by_alias=True),
             "space": recipe.space,
             "device": str(dev),
+            "threads": torch.get_num_threads(),
             "seed": recipe.seed,
             "output": {"format": fmt, "dtype": recipe.output.dtype, "shard_size": recipe.output.shard_size},
             "inputs": _describe_inputs(p),

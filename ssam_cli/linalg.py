@@ -9,13 +9,13 @@ condition number (see docs/pipeline.md).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 
 from ssam_cli.deltas import Delta, DenseDelta, LowRankDelta, all_lowrank
+from ssam_cli.threads import torch_threads
 
 FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
 
@@ -119,21 +119,6 @@ class FactoredSpectrum(Spectrum):
         return out.to(self.dtype)
 
 
-@contextmanager
-def _single_threaded() -> Iterator[None]:
-    """Small dense decompositions (R ≤ ~1000) run on one thread: measured 3× faster than two, and up to 20×
-    when another thread (the engine's reader) or process competes for the cores (OpenMP spin-waits)."""
-    n = torch.get_num_threads()
-    if n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 def _factored_side(blocks: Sequence[torch.Tensor], gram_x: torch.Tensor, inner: torch.Tensor,
                    matrix_shape: tuple[int, int], dtype: torch.dtype) -> FactoredSpectrum:
     """Left singular pairs of M with MMᵀ = X·G·Xᵀ, X = [X_1 | … | X_n] (d × R), G = blockdiag(inner_ii),
@@ -143,7 +128,7 @@ def _factored_side(blocks: Sequence[torch.Tensor], gram_x: torch.Tensor, inner: 
     Gram Cᵀ(XᵀX)C are the right singular pairs of XC, and U = XC·W·Λ^-½. The Gram is float64, where
     squaring the condition number still leaves 1e-8 relative resolution of σ: far below float32 inputs.
     """
-    with _single_threaded():
+    with torch_threads(1):  # small decompositions: one thread (see threads.py)
         roots = _block_roots(inner, [b.shape[1] for b in blocks])
         core = _congruence(gram_x, roots)
         lam, W = torch.linalg.eigh(core)

@@ -220,3 +220,12 @@ def test_the_spectrum_summary_of_an_ssam_lora_merge_reuses_the_merge_bases(tiny,
 
     monkeypatch.setattr(spectrum, "consensus_bases", recompute)
     assert merge(tiny, ["a", "b"], parameters={"rank": 3}).manifest["spectrum"]["weights"][Q]["k_used"] == 3
+
+
+def test_lora_merges_run_on_one_thread_by_default_and_threads_can_be_set(tiny):
+    before = torch.get_num_threads()
+    assert merge(tiny, ["a", "b"]).manifest["threads"] == 1
+    r = write_recipe(tiny / "recipe.yaml", tiny / "base", [(n, tiny / n) for n in ("a", "b")])
+    assert run_merge(prepare(load_recipe(r)), show_progress=False, overwrite=True, threads=2).manifest["threads"] == 2
+    assert merge(tiny, ["a", "c"]).manifest["threads"] == before  # a full fine-tune: torch's own setting
+    assert torch.get_num_threads() == before  # restored
