@@ -196,11 +196,10 @@ def run_merge(p: Prepared, *, overwrite: bool = False, device: Optional[str] = N
     weights = [s.weight for s in recipe.specialists]
     spec = REGISTRY[recipe.method]
     merged_weights = p.plan.of_role(Role.MERGE)
-    lowrank_only = all(c.kind == "lowrank" for t in merged_weights for c in t.contributions)
     if spectrum is None:
-        spectrum = lowrank_only
-    if threads is None and lowrank_only and dev.type == "cpu":
-        threads = 1
+        spectrum = lowrank_only(p)
+    if threads is None:
+        threads = default_threads(p, dev)
     stats: dict[str, dict[str, Any]] = {}
     spectra: list[Any] = []
 
@@ -273,6 +272,16 @@ def run_merge(p: Prepared, *, overwrite: bool = False, device: Optional[str] = N
         manifest = write_manifest(folder, body)
         write_model_card(folder, manifest)
     return RunResult(recipe.output_path, manifest, counts)
+
+
+def lowrank_only(p: Prepared) -> bool:
+    """Every merged weight is changed by LoRA updates only (the cheap, factored case)."""
+    return all(c.kind == "lowrank" for t in p.plan.of_role(Role.MERGE) for c in t.contributions)
+
+
+def default_threads(p: Prepared, dev: torch.device) -> Optional[int]:
+    """One CPU thread for LoRA-only work (small products; see ssam_cli/threads.py), else torch's own setting."""
+    return 1 if dev.type == "cpu" and lowrank_only(p) else None
 
 
 def _open_writer(p: Prepared, folder: Path) -> Any:
