@@ -7,12 +7,14 @@ every merged weight first (TIES' global trim) declares a pre-pass, which streams
 from __future__ import annotations
 
 import hashlib
+import os
 import resource
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from itertools import count, islice
 from typing import Any, Callable, Iterator, Optional
@@ -193,11 +195,11 @@ def run_merge(p: Prepared, *, overwrite: bool = False, device: Optional[str] = N
     atomic = AtomicFolder(recipe.output_path, overwrite)
     atomic.check_target()
     started = time.perf_counter()
-    weights = [s.weight for s in recipe.specialists]
     spec = REGISTRY[recipe.method]
     merged_weights = p.plan.of_role(Role.MERGE)
     if spectrum is None:
         spectrum = lowrank_only(p)
+    workers = 1 if threads is not None else merge_workers(p, dev)
     if threads is None:
         threads = default_threads(p, dev)
     stats: dict[str, dict[str, Any]] = {}
@@ -207,30 +209,19 @@ def run_merge(p: Prepared, *, overwrite: bool = False, device: Optional[str] = N
         fmt = recipe.output.format
         writer = _open_writer(p, folder)
         todo = p.plan.tensors if fmt == "full" else merged_weights
-        n = len(p.inputs.specialists)
         with progress_bar(show_progress) as progress:
             prepass = run_prepass(p, spec, dev, progress)
             task = progress.add_task("merging", total=len(todo)) if progress else None
-            for loaded in prefetched(todo, lambda t: read_inputs(p, t, need_base=fmt == "full")):
-                t = loaded.tensor
-                t0 = time.perf_counter()
-                entry: dict[str, Any] = {"role": t.role.value, "shape": list(t.shape),
-                                         "specialists": [p.inputs.specialists[c.index].name for c in t.contributions]}
-                if t.role is Role.COPY:
-                    writer.write(t.name, loaded.base.to(p.out_dtype(t)))  # the base's own value
-                elif t.role is Role.AVERAGE:
-                    base, deltas = to_deltas(loaded, n, dev)
-                    mean = base + sum(d.dense() * (w / sum(weights)) for d, w in zip(deltas, weights))
-                    writer.write(t.name, _finite(t.name, mean).to("cpu", p.out_dtype(t)))
-                else:
-                    base, deltas = to_deltas(loaded, n, dev)
-                    state = prepass.state if t.name in prepass.weights else None
-                    figures, bases = _merge_one(p, t, dev, base, deltas, weights, spec, writer, fmt, state)
-                    entry.update(figures)
-                    if spectrum:
-                        spectra.append(_analyse(p, t, deltas, weights, bases))
-                entry["seconds"] = round(time.perf_counter() - t0, 4)
-                stats[t.name] = entry
+            read = prefetched(todo, lambda t: read_inputs(p, t, need_base=fmt == "full"))
+            compute = partial(_compute, p, dev=dev, spec=spec, prepass=prepass, spectrum=spectrum)
+            for done in in_order(compute, read, workers):
+                if isinstance(done.value, LowRankDelta):
+                    writer.add(done.tensor.name, done.value)
+                elif done.value is not None:
+                    writer.write(done.tensor.name, done.value)
+                stats[done.tensor.name] = done.entry
+                if done.spectrum is not None:
+                    spectra.append(done.spectrum)
                 if progress:
                     progress.advance(task)
         files = writer.close()
@@ -252,6 +243,7 @@ def run_merge(p: Prepared, *, overwrite: bool = False, device: Optional[str] = N
             "space": recipe.space,
             "device": str(dev),
             "threads": torch.get_num_threads(),
+            "workers": workers,
             "seed": recipe.seed,
             "output": {"format": fmt, "dtype": recipe.output.dtype, "shard_size": recipe.output.shard_size},
             "inputs": _describe_inputs(p),
@@ -277,6 +269,12 @@ def run_merge(p: Prepared, *, overwrite: bool = False, device: Optional[str] = N
 def lowrank_only(p: Prepared) -> bool:
     """Every merged weight is changed by LoRA updates only (the cheap, factored case)."""
     return all(c.kind == "lowrank" for t in p.plan.of_role(Role.MERGE) for c in t.contributions)
+
+
+def merge_workers(p: Prepared, dev: torch.device) -> int:
+    """Two weights merged at a time, each on one thread, for LoRA-only work on a CPU with two cores or more
+    (its small products gain nothing from two threads per weight); one otherwise."""
+    return 2 if dev.type == "cpu" and lowrank_only(p) and (os.cpu_count() or 1) >= 2 else 1
 
 
 def default_threads(p: Prepared, dev: torch.device) -> Optional[int]:
@@ -350,25 +348,77 @@ def run_prepass(p: Prepared, spec: MethodSpec, dev: torch.device, progress: Any)
     return PrepassRun(state, {t.name for t in todo}, record)
 
 
+@dataclass
+class Done:
+    """One planned tensor computed and ready to write: a tensor (written), a LowRankDelta (added to a LoRA-style
+    writer) or None (a rank-0 update: nothing to write); its manifest entry and spectrum figures."""
+
+    tensor: PlannedTensor
+    value: Any
+    entry: dict[str, Any]
+    spectrum: Any = None
+
+
+def in_order(fn: Callable[[Any], Any], items: Iterator[Any], workers: int) -> Iterator[Any]:
+    """fn over items, up to `workers` at a time in threads (torch releases the GIL), results in the items' order."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ssam-merge") as pool:
+        pending: deque[Future[Any]] = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _compute(p: Prepared, loaded: Loaded, dev: torch.device, spec: Any, prepass: PrepassRun, spectrum: bool) -> Done:
+    """Everything one planned tensor needs before writing; safe in a worker thread (no writer, no shared state)."""
+    t, n = loaded.tensor, len(p.inputs.specialists)
+    weights = [s.weight for s in p.recipe.specialists]
+    t0 = time.perf_counter()
+    entry: dict[str, Any] = {"role": t.role.value, "shape": list(t.shape),
+                             "specialists": [p.inputs.specialists[c.index].name for c in t.contributions]}
+    analysis = None
+    if t.role is Role.COPY:
+        value: Any = loaded.base.to(p.out_dtype(t))  # the base's own value
+    elif t.role is Role.AVERAGE:
+        base, deltas = to_deltas(loaded, n, dev)
+        mean = base + sum(d.dense() * (w / sum(weights)) for d, w in zip(deltas, weights))
+        value = _finite(t.name, mean).to("cpu", p.out_dtype(t))
+    else:
+        base, deltas = to_deltas(loaded, n, dev)
+        state = prepass.state if t.name in prepass.weights else None
+        value, figures, bases = _merge_one(p, t, dev, base, deltas, weights, spec, state)
+        entry.update(figures)
+        if spectrum:
+            analysis = _analyse(p, t, deltas, weights, bases)
+    entry["seconds"] = round(time.perf_counter() - t0, 4)
+    return Done(t, value, entry, analysis)
+
+
 def _merge_one(p: Prepared, t: PlannedTensor, dev: torch.device, base_value: Optional[torch.Tensor],
-               deltas: list[Delta], weights: list[float], spec: Any, writer: Any, fmt: str,
-               prepass: Optional[PrepassState] = None) -> tuple[dict[str, Any], Any]:
-    """Merge and write one weight; its manifest figures, and the method's consensus bases if it made any."""
+               deltas: list[Delta], weights: list[float], spec: Any,
+               prepass: Optional[PrepassState] = None) -> tuple[Any, dict[str, Any], Any]:
+    """Merge one weight: the value to write (full: W_0 + Δ in the output dtype; else the LowRankDelta, None at
+    rank 0), its manifest figures, and the method's consensus bases if it made any."""
     ctx = merge_context(p, t, len(deltas), dev, prepass)
     params = p.recipe.method_params(t.name)
     result = merge_in_space(spec, deltas, weights, params, ctx, p.recipe.space)
-    if fmt == "full":
-        merged = base_value + result.delta.dense()
-        writer.write(t.name, _finite(t.name, merged).to("cpu", p.out_dtype(t)))
+    value: Any = None
+    if p.recipe.output.format == "full":
+        value = _finite(t.name, base_value + result.delta.dense()).to("cpu", p.out_dtype(t))
     else:
         if not isinstance(result.delta, LowRankDelta):
             raise UserError(f"{t.name}: method {spec.name} returned a dense update; use output.format: full")
         if result.delta.rank:
             _finite(t.name, result.delta.B)
             _finite(t.name, result.delta.A)
-            writer.add(t.name, result.delta)
+            value = result.delta
     figures = {"parameters": params.model_dump(mode="json", by_alias=True, exclude_none=True), **result.stats}
-    return figures, result.bases
+    return value, figures, result.bases
 
 
 def _analyse(p: Prepared, t: PlannedTensor, deltas: list[Delta], weights: list[float], bases: Any) -> Any:

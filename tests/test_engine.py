@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 
 import pytest
 import torch
@@ -222,10 +223,23 @@ def test_the_spectrum_summary_of_an_ssam_lora_merge_reuses_the_merge_bases(tiny,
     assert merge(tiny, ["a", "b"], parameters={"rank": 3}).manifest["spectrum"]["weights"][Q]["k_used"] == 3
 
 
-def test_lora_merges_run_on_one_thread_by_default_and_threads_can_be_set(tiny):
+def test_lora_merges_run_on_one_thread_per_worker_by_default_and_threads_can_be_set(tiny):
     before = torch.get_num_threads()
     assert merge(tiny, ["a", "b"]).manifest["threads"] == 1
     r = write_recipe(tiny / "recipe.yaml", tiny / "base", [(n, tiny / n) for n in ("a", "b")])
     assert run_merge(prepare(load_recipe(r)), show_progress=False, overwrite=True, threads=2).manifest["threads"] == 2
     assert merge(tiny, ["a", "c"]).manifest["threads"] == before  # a full fine-tune: torch's own setting
     assert torch.get_num_threads() == before  # restored
+
+
+def test_two_merge_workers_write_exactly_what_one_writes_in_plan_order(tiny):
+    r = write_recipe(tiny / "recipe.yaml", tiny / "base", [(n, tiny / n) for n in ("a", "b")],
+                     parameters={"rank": 3}, output={"path": "out", "format": "lora"})
+    parallel = run_merge(prepare(load_recipe(r)), show_progress=False, overwrite=True)
+    assert parallel.manifest["workers"] == (2 if (os.cpu_count() or 1) >= 2 else 1)
+    first = (parallel.output / "adapter_model.safetensors").read_bytes()
+    order = list(parallel.manifest["tensors"])
+    serial = run_merge(prepare(load_recipe(r)), show_progress=False, overwrite=True, threads=1)
+    assert serial.manifest["workers"] == 1
+    assert (serial.output / "adapter_model.safetensors").read_bytes() == first
+    assert list(serial.manifest["tensors"]) == order
