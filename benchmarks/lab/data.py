@@ -1,7 +1,8 @@
 """Three modalities of the same ten digits, as fixed-size feature arrays with train/val/test splits.
 
 Splits are fixed (seed 0) across training seeds so that seeds measure training noise, not split noise.
-Test sets are out of distribution where the data allow it: held-out espeak accents, held-out fonts.
+Test sets are out of distribution where the data allow it: held-out espeak accents and flite voice, held-out
+fonts; and for audio a second test set of 30 real human recordings (real_audio).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 
 from benchmarks.lab import assets
 
-SAMPLE_RATE = 22050
+SAMPLE_RATE = assets.SAMPLE_RATE
 MEL_BANDS, FRAMES = 32, 24
 POINTS = 128
 
@@ -97,15 +98,37 @@ def _noisy(pcm: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarr
     return pcm + rng.normal(0, np.sqrt(power / 10 ** (snr_db / 10)), pcm.shape).astype(np.float32)
 
 
+def _band_limited(pcm: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A third of the training clips pass through 8 kHz (telephone) and a third through 11.025 kHz sampling:
+    real recordings come at those rates, and TTS at 22.05 kHz has energy above their band."""
+    rate = rng.choice([SAMPLE_RATE, 8000, 11025])
+    return pcm if rate == SAMPLE_RATE else assets.resample(assets.resample(pcm, SAMPLE_RATE, int(rate)), int(rate))
+
+
+def _speech(voices: list[str], rng: np.random.Generator, train: bool) -> Split:
+    waves, labels, _ = assets.spoken_digits(voices)
+    if train:
+        feats = [log_mel(_noisy(_band_limited(w, rng), rng.uniform(10, 40), rng)) for w in waves]
+    else:
+        feats = [log_mel(_noisy(w, 20.0, rng)) for w in waves]
+    return Split(np.stack(feats), labels)
+
+
 def audio_data() -> ModalityData:
-    """Spoken digits by espeak-ng: train/val from six accents, test from two held-out accents (20 dB noise)."""
+    """Spoken digits by espeak-ng and flite: train/val from six accents and four flite voices, test from two
+    held-out espeak accents and a held-out flite voice (20 dB noise)."""
     rng = np.random.default_rng(0)
-    waves, labels, _ = assets.spoken_digits(assets.TRAIN_ACCENTS)
-    feats = np.stack([log_mel(_noisy(w, rng.uniform(10, 40), rng)) for w in waves])
-    train, val, _ = _three_way(feats, labels, 0.15, 0.0)
-    twaves, tlabels, _ = assets.spoken_digits(assets.TEST_ACCENTS)
-    test = Split(np.stack([log_mel(_noisy(w, 20.0, rng)) for w in twaves]), tlabels)
+    seen = _speech(assets.espeak_voices(assets.TRAIN_ACCENTS) + assets.flite_voices(assets.FLITE_TRAIN), rng, True)
+    train, val, _ = _three_way(seen.x, seen.y, 0.15, 0.0)
+    test = _speech(assets.espeak_voices(assets.TEST_ACCENTS) + assets.flite_voices(assets.FLITE_TEST), rng, False)
     return ModalityData("audio", train, val, test)
+
+
+@lru_cache(maxsize=None)
+def real_audio() -> tuple[Split, tuple[str, ...]]:
+    """The 30 real recordings as features (no added noise), and the source of each clip."""
+    waves, labels, sources = assets.real_digits()
+    return Split(np.stack([log_mel(w) for w in waves]), labels), tuple(sources)
 
 
 def point_cloud(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -24,7 +24,12 @@ def tower_from_tensors(tensors: dict[str, torch.Tensor], modality: str) -> lm.Mo
     state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     if not state:
         raise ValueError(f"no tensors under {prefix}* for modality {modality}")
-    tower = lm.ModalityTower(modality)
+    token_lora = {}  # a DAMC-style tower also holds a LoRA for its own soft tokens: shapes from its tensors
+    for k, b in state.items():
+        if k.startswith("token_lora.B."):
+            key = k[len("token_lora.B."):]
+            token_lora[key.replace("__", ".")] = (b.shape[0], state[f"token_lora.A.{key}"].shape[1])
+    tower = lm.ModalityTower(modality, token_lora or None)
     tower.load_state_dict(state, strict=True)
     return tower.eval()
 

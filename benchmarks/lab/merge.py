@@ -18,13 +18,16 @@ KEEP = ["modality.*"]  # the towers inside each specialist adapter: kept per spe
 
 
 def recipe(method: str, base: Path, specialists: Sequence[tuple[str, Path, str]], output: Path,
-           parameters: dict[str, Any] | None = None, fmt: str = "lora", seed: int = 0) -> dict[str, Any]:
-    """A recipe (as a dict) merging (name, adapter folder, modality) specialists of `base` into `output`."""
+           parameters: dict[str, Any] | None = None, fmt: str = "lora", seed: int = 0,
+           space: str = "dense") -> dict[str, Any]:
+    """A recipe (as a dict) merging (name, adapter folder, modality) specialists of `base` into `output`, in the
+    LoRA merge `space` (dense | factor | core, docs/methods.md)."""
     return {
         "method": method,
         "base": str(base),
         "specialists": [{"name": n, "path": str(p), "modality": m} for n, p, m in specialists],
         "parameters": dict(parameters or {}),
+        "space": space,
         "modules": {"keep": KEEP},
         "output": {"path": str(output), "format": fmt, "dtype": "float32"},
         "device": "cpu",
@@ -42,8 +45,9 @@ def run_merge(spec: dict[str, Any], recipe_path: Path, reuse: bool = False) -> P
     recipe_path.parent.mkdir(parents=True, exist_ok=True)
     recipe_path.write_text(text)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-m", "ssam_cli", "merge", str(recipe_path), "--overwrite", "--quiet"],
-                          capture_output=True, text=True, env=env, cwd=REPO)
+    # --no-spectrum: the spectrum summary costs seconds per merge and the lab reads none of it
+    command = [sys.executable, "-m", "ssam_cli", "merge", str(recipe_path), "--overwrite", "--quiet", "--no-spectrum"]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
     if proc.returncode != 0:
         raise RuntimeError(f"ssam merge {recipe_path} failed (exit {proc.returncode}): "
                            f"{(proc.stderr or proc.stdout).strip()[-2000:]}")

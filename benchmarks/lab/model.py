@@ -7,6 +7,7 @@ and never merged. The merged part is the LoRA on the shared model's linear layer
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -66,14 +67,45 @@ def make_encoder(modality: str, feature_shape: Sequence[int]) -> nn.Module:
     return nn.Sequential(front, nn.Linear(n_in, FEATURE), nn.GELU(), nn.Linear(FEATURE, FEATURE), nn.GELU())
 
 
-class ModalityTower(nn.Module):
-    """Encoder + projector of one modality: an input becomes SOFT_TOKENS embeddings of the language model."""
+def target_shapes(bert: nn.Module) -> dict[str, tuple[int, int]]:
+    """(out, in) of every LORA_TARGETS linear layer of a plain BertModel, by module name."""
+    pattern = re.compile(LORA_TARGETS)
+    return {name: (m.out_features, m.in_features) for name, m in bert.named_modules()
+            if isinstance(m, nn.Linear) and pattern.fullmatch(name)}
 
-    def __init__(self, modality: str) -> None:
+
+class TokenLoRA(nn.Module):
+    """DAMC-style decoupling: a LoRA on every target layer that acts only on its own modality's soft tokens.
+    It lives in the tower, so a recipe keeps it per modality (never merged) while the shared LoRA is merged."""
+
+    def __init__(self, shapes: dict[str, tuple[int, int]], rank: int = LORA_RANK, alpha: int = LORA_ALPHA) -> None:
+        super().__init__()
+        self.scale = alpha / rank
+        self.A = nn.ParameterDict({_key(n): nn.Parameter(torch.randn(rank, i) / i ** 0.5) for n, (o, i) in shapes.items()})
+        self.B = nn.ParameterDict({_key(n): nn.Parameter(torch.zeros(o, rank)) for n, (o, i) in shapes.items()})
+
+    def layers(self) -> list[str]:
+        return [k.replace("__", ".") for k in self.A]
+
+    def delta(self, layer: str, x: torch.Tensor) -> torch.Tensor:
+        k = _key(layer)
+        return (x @ self.A[k].T) @ self.B[k].T * self.scale
+
+
+def _key(layer: str) -> str:
+    return layer.replace(".", "__")  # parameter names may not contain dots
+
+
+class ModalityTower(nn.Module):
+    """Encoder + projector of one modality: an input becomes SOFT_TOKENS embeddings of the language model; with
+    `token_lora` shapes also a TokenLoRA (the DAMC-style variant)."""
+
+    def __init__(self, modality: str, token_lora: dict[str, tuple[int, int]] | None = None) -> None:
         super().__init__()
         self.modality = modality
         self.encoder = make_encoder(modality, FEATURE_SHAPES[modality])
         self.projector = nn.Linear(FEATURE, SOFT_TOKENS * HIDDEN)
+        self.token_lora = TokenLoRA(token_lora) if token_lora else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.projector(self.encoder(x)).view(x.shape[0], SOFT_TOKENS, HIDDEN)
@@ -93,6 +125,21 @@ class PrefixLM(nn.Module):
         self.towers = nn.ModuleDict(towers)
         self.tokenizer = tokenizer
         self._cls, self._sep, self._mask = (tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[MASK]"))
+        self._token_masks: list[tuple[TokenLoRA, torch.Tensor]] = []  # set during forward for the hooks
+        layers = {name for t in self.towers.values() if t.token_lora is not None for name in t.token_lora.layers()}
+        for name, module in bert.named_modules():
+            plain = name.removeprefix("base_model.model.")  # a PEFT-wrapped model during training
+            if plain in layers:
+                module.register_forward_hook(self._token_hook(plain))
+
+    def _token_hook(self, layer: str):
+        def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+            for lora, mask in self._token_masks:
+                if _key(layer) in lora.A:
+                    out = out + mask * lora.delta(layer, args[0])
+            return out
+
+        return hook
 
     def word_embeddings(self) -> torch.Tensor:
         return self.bert.get_input_embeddings().weight
@@ -120,7 +167,16 @@ class PrefixLM(nn.Module):
         embeds = torch.cat(parts, dim=1)
         n_pre = embeds.shape[1] - width
         mask = torch.cat([torch.ones(batch, n_pre, dtype=torch.long), att], dim=1)
-        hidden = self.bert(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        self._token_masks = []
+        for i, (m, _) in enumerate(inputs):  # input i's soft tokens sit at 1 + i·SOFT_TOKENS, after [CLS]
+            if self.towers[m].token_lora is not None:
+                where = torch.zeros(1, embeds.shape[1], 1)
+                where[0, 1 + i * SOFT_TOKENS:1 + (i + 1) * SOFT_TOKENS] = 1.0
+                self._token_masks.append((self.towers[m].token_lora, where))
+        try:
+            hidden = self.bert(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        finally:
+            self._token_masks = []
         where = torch.tensor([n_pre + len(row) - 2 for row in ids])
         return hidden[torch.arange(batch), where]
 

@@ -34,14 +34,15 @@ def _gather(results: dict[str, Any], row: str, pick) -> list[float]:
     return out
 
 
-def _rows(results: dict[str, Any]) -> list[str]:
+def _rows(results: dict[str, Any], single: bool = False) -> list[str]:
+    """Row names in order; with `single`, only rows that have single-modality scores (not late fusion)."""
     first = next(iter(results["seeds"].values()))
-    return list(first["rows"])
+    return [r for r, res in first["rows"].items() if res["single"] or not single]
 
 
 def _single_table(results: dict[str, Any]) -> list[str]:
     lines = ["| model | " + " | ".join(MODALITIES) + " | avg |", "|---" * (len(MODALITIES) + 2) + "|"]
-    for row in _rows(results):
+    for row in _rows(results, single=True):
         cells = []
         for mod in MODALITIES:
             cells.append(_cell(_gather(results, row, lambda r, m=mod: float(np.mean(list(r["single"][m].values())))
@@ -56,7 +57,7 @@ def _qtype_table(results: dict[str, Any]) -> list[str]:
     qtypes = ("digit", "parity", "big")
     head = [f"{m} {q}" for m in MODALITIES for q in qtypes]
     lines = ["| model | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
-    for row in _rows(results):
+    for row in _rows(results, single=True):
         cells = [_cell(_gather(results, row, lambda r, m=m, q=q: r["single"].get(m, {}).get(q)))
                  for m in MODALITIES for q in qtypes]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
@@ -73,6 +74,46 @@ def _combined_table(results: dict[str, Any]) -> list[str]:
         cells.append(_cell(_gather(results, row, lambda r: float(np.mean(list(r["combined"].values()))))))
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _complementary_table(results: dict[str, Any]) -> list[str]:
+    cols = MODALITIES + COMBOS
+    first = next(iter(results["seeds"].values()))
+    noise = ", ".join(f"{m} σ = {first['noise'][m]:.2f}" for m in MODALITIES) if first.get("noise") else ""
+    lines = [f"Noise (× feature std, calibrated per seed on val so each specialist alone is ~60 %; seed "
+             f"{next(iter(results['seeds']))}: {noise}).", "",
+             "| model | " + " | ".join(f"{c} alone" if "+" not in c else c for c in cols) + " | avg combined |",
+             "|---" * (len(cols) + 2) + "|"]
+    for row in _rows(results):
+        if "complementary" not in first["rows"][row]:
+            continue
+        cells = [_cell(_gather(results, row, lambda r, c=c: r["complementary"].get(c))) for c in cols]
+        cells.append(_cell(_gather(results, row, lambda r: float(np.mean([r["complementary"][c] for c in COMBOS]))
+                                   if all(c in r["complementary"] for c in COMBOS) else None)))
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return lines if len(lines) > 4 else []
+
+
+def bootstrap_interval(per_item: np.ndarray, n: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap over items of the mean score: with 30 clips the interval, not the point, is the result."""
+    rng = np.random.default_rng(seed)
+    means = per_item[rng.integers(0, len(per_item), (n, len(per_item)))].mean(axis=1)
+    return float(np.quantile(means, (1 - level) / 2)), float(np.quantile(means, (1 + level) / 2))
+
+
+def _real_table(results: dict[str, Any]) -> list[str]:
+    qtypes = ("digit", "parity", "big")
+    lines = ["| model | " + " | ".join(qtypes) + " | mean | 95 % bootstrap interval |", "|---" * 6 + "|"]
+    for row in _rows(results):
+        clips = _gather(results, row, lambda r: r.get("real_audio", {}).get("per_clip"))
+        if not clips:
+            continue
+        cells = [_cell(_gather(results, row, lambda r, q=q: r["real_audio"]["per_type"][q])) for q in qtypes]
+        cells.append(_cell(_gather(results, row, lambda r: float(np.mean(r["real_audio"]["per_clip"])))))
+        lo, hi = bootstrap_interval(np.mean(np.asarray(clips), axis=0))
+        cells.append(f"{100 * lo:.1f} – {100 * hi:.1f}")
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return lines if len(lines) > 2 else []
 
 
 def _retention_table(results: dict[str, Any]) -> list[str]:
@@ -101,10 +142,14 @@ def _ablation_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _params(params: dict[str, Any]) -> str:
+    return "(" + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in params.items()) + ")"
+
+
 def _tuned(results: dict[str, Any]) -> list[str]:
     lines = []
     for seed, s in results["seeds"].items():
-        chosen = ", ".join(f"{m} {p}" for m, p in s["tuned"].items())
+        chosen = ", ".join(f"{m} {_params(p)}" for m, p in s["tuned"].items())
         if chosen:
             lines.append(f"- seed {seed}: {chosen}")
     return lines
@@ -113,14 +158,24 @@ def _tuned(results: dict[str, Any]) -> list[str]:
 def markdown(results: dict[str, Any]) -> str:
     """The whole results page."""
     seeds = ", ".join(results["seeds"])
+    cpu = ", ".join(f"{s.get('cpu_seconds', float('nan')):.0f}" for s in results["seeds"].values())
     out = [f"# Quality lab results ({results['mode']})", "",
            f"Seeds: {seeds} (mean ± sample std over seeds where there are several). Accuracy in %. "
-           f"Wall time: {results['wall_seconds']:.0f} s. How to read and rerun: docs/lab.md.", "",
+           f"Wall time of the invocation that wrote this: {results['wall_seconds']:.0f} s; CPU seconds per seed "
+           f"in that invocation: {cpu}. How to read and rerun: docs/lab.md.", "",
            "## Single modality (mean over the three question types; chance ≈ 40 %: 10 %, 50 %, 50 %)", "",
            *_single_table(results), "",
            "## Per question type", "", *_qtype_table(results), "",
            "## Combined modalities, never trained on (four options, chance 25 %)", "",
            *_combined_table(results), ""]
+    real = _real_table(results)
+    if real:
+        out += ["## Real human recordings (audio; 30 clips: Tux Paint en, Tux Paint en_GB, Asterisk en_US)", "",
+                "Never trained on: the specialists heard only TTS. The interval resamples the 30 clips (each clip "
+                "scored as its mean over question types and seeds); it, not the mean, is the result.", "", *real, ""]
+    comp = _complementary_table(results)
+    if comp:
+        out += ["## Complementary evidence (degraded inputs, four options, chance 25 %)", "", *comp, ""]
     kept = _retention_table(results)
     if kept:
         out += ["## Language retention (mean cosine, base vs merged sentence embeddings of held-out English; 1 = untouched)",

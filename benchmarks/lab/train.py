@@ -31,6 +31,7 @@ class TrainConfig:
     lr: float = 2e-3
     tower_lr: float = 2e-3
     seed: int = 0
+    token_lora: bool = False  # the DAMC-style variant: also a kept LoRA on the modality's own soft tokens
 
 
 def seed_everything(seed: int) -> None:
@@ -67,9 +68,11 @@ def train_specialist(base: Path, data: ModalityData, cfg: TrainConfig) -> lm.Pre
     from peft import LoraConfig, get_peft_model
 
     seed_everything(cfg.seed)
-    bert = get_peft_model(lm.load_bert(base), LoraConfig(r=lm.LORA_RANK, lora_alpha=lm.LORA_ALPHA,
-                                                         target_modules=lm.LORA_TARGETS, lora_dropout=0.0))
-    model = lm.PrefixLM(bert, lm.load_tokenizer(base), {data.modality: lm.ModalityTower(data.modality)})
+    plain = lm.load_bert(base)
+    shapes = lm.target_shapes(plain) if cfg.token_lora else None
+    bert = get_peft_model(plain, LoraConfig(r=lm.LORA_RANK, lora_alpha=lm.LORA_ALPHA,
+                                            target_modules=lm.LORA_TARGETS, lora_dropout=0.0))
+    model = lm.PrefixLM(bert, lm.load_tokenizer(base), {data.modality: lm.ModalityTower(data.modality, shapes)})
     tower = model.towers[data.modality]
     # A training-only digit head on the tower's features (LLaVA aligns its projector in a stage of its own;
     # this does it in the same steps): without it the point tower stayed near chance in the CPU budget.

@@ -44,3 +44,22 @@ def test_image_digits_split() -> None:
     assert d.feature_shape == (64,)
     assert len(d.train.y) + len(d.val.y) + len(d.test.y) == 1797
     assert 0.0 <= d.train.x.min() and d.train.x.max() <= 1.0
+
+
+def test_resample_keeps_duration_and_pitch() -> None:
+    from benchmarks.lab import assets
+
+    t = np.arange(8000) / 8000
+    tone = np.sin(2 * np.pi * 440 * t).astype(np.float32)
+    up = assets.resample(tone, 8000)
+    assert len(up) == data.SAMPLE_RATE
+    spectrum = np.abs(np.fft.rfft(up))
+    assert abs(spectrum.argmax() - 440) <= 1  # 1 s of audio: bin = Hz
+
+
+def test_band_limiting_removes_energy_above_the_narrow_band() -> None:
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal(data.SAMPLE_RATE).astype(np.float32)
+    outs = [data._band_limited(noise, rng) for _ in range(12)]
+    high = [float((np.abs(np.fft.rfft(o))[6000:] ** 2).sum() / (np.abs(np.fft.rfft(o)) ** 2).sum()) for o in outs]
+    assert min(high) < 0.01 < max(high)  # some clips went through 8 / 11 kHz, some stayed full band

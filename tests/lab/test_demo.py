@@ -16,9 +16,10 @@ from benchmarks.lab import heldout, loaders, merge  # noqa: E402
 
 DEMO = merge.REPO / "recipes" / "demo"
 # Measured for the committed specialists: SSAM at the recipe's parameters answers the 60 held-out inputs per
-# modality with image 0.911, audio 0.994, points 0.944 (mean over digit / even-odd / bigger-than-five; chance
-# ≈ 0.37; each specialist alone: 0.917, 0.994, 0.956). The floors leave room for BLAS differences only.
-MIN_ACCURACY = {"image": 0.85, "audio": 0.90, "points": 0.85}
+# modality with image 0.817, audio 0.933, points 0.972 (mean over digit / even-odd / bigger-than-five; chance
+# ≈ 0.37; each specialist alone: 0.844, 0.939, 0.967; the towers on the unmerged base: 0.500, 0.761, 0.644, so
+# the floors fail if the merged language delta were lost). The floors leave room for BLAS differences only.
+MIN_ACCURACY = {"image": 0.75, "audio": 0.88, "points": 0.90}
 
 
 def _prepare_module():

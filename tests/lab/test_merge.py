@@ -54,3 +54,10 @@ def test_a_failing_merge_raises_with_the_cli_message(tmp_path: Path) -> None:
     spec = merge.recipe("ssam", tmp_path / "missing-base", [("image", tmp_path / "nope", "image")], Path("out"))
     with pytest.raises(RuntimeError, match="failed"):
         merge.run_merge(spec, tmp_path / "r.yaml")
+
+
+def test_recipe_carries_the_merge_space(tmp_path: Path) -> None:
+    spec = merge.recipe("ties", tmp_path / "base", [("image", tmp_path / "i", "image")], Path("out"), space="core")
+    path = tmp_path / "r.yaml"
+    path.write_text(__import__("yaml").safe_dump(spec))
+    assert load_recipe(path).space == "core"

@@ -56,3 +56,30 @@ def test_voxelizer_counts_every_point_once() -> None:
     torch.testing.assert_close(vox.sum(dim=1), torch.full((3,), float(lm.Voxelizer.GRID ** 3)))
     # permuting the points changes nothing
     torch.testing.assert_close(lm.Voxelizer()(pts[:, torch.randperm(128)]), vox)
+
+
+@torch.no_grad()
+def test_token_lora_acts_on_its_own_soft_tokens_only(prefix_lm: lm.PrefixLM) -> None:
+    """DAMC-style: the kept LoRA of the audio tower changes the query projection exactly at the audio soft
+    tokens (the second input: positions 1 + 4 … 1 + 8), by exactly its update, and nowhere else."""
+    torch.manual_seed(1)
+    shapes = lm.target_shapes(prefix_lm.bert)
+    assert len(shapes) == 6 * 2  # six linear layers per block of the tiny two-block BERT
+    audio = lm.ModalityTower("audio", shapes)
+    audio.load_state_dict(prefix_lm.towers["audio"].state_dict(), strict=False)
+    for b in audio.token_lora.B.values():
+        b.normal_()
+    with_lora = lm.PrefixLM(prefix_lm.bert, prefix_lm.tokenizer, {"image": prefix_lm.towers["image"], "audio": audio})
+    layer = "encoder.layer.0.attention.self.query"
+    seen = []
+    handle = dict(with_lora.bert.named_modules())[layer].register_forward_hook(lambda m, a, o: seen.append((a[0], o)))
+    inputs = [("image", torch.rand(2, 64)), ("audio", torch.rand(2, 32, 24))]
+    with_lora(inputs, ["which number do all inputs show?"] * 2)
+    prefix_lm(inputs, ["which number do all inputs show?"] * 2)
+    handle.remove()
+    (x, changed), (_, plain) = seen[-2], seen[-1]  # the hook that adds the update runs before this one
+    diff = (changed - plain).abs().sum(dim=(0, 2))
+    first, last = 1 + lm.SOFT_TOKENS, 1 + 2 * lm.SOFT_TOKENS
+    assert (diff[first:last] > 0).all() and diff[:first].eq(0).all() and diff[last:].eq(0).all()
+    torch.testing.assert_close(changed[:, first:last] - plain[:, first:last],
+                               audio.token_lora.delta(layer, x[:, first:last]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from benchmarks.lab import report
 
 
@@ -21,3 +23,27 @@ def test_markdown_means_and_stds() -> None:
     assert "| ssam (default) | 35.0 ± 7.1 | 35.0 ± 7.1 | 35.0 ± 7.1 | 35.0 ± 7.1 | 35.0 ± 7.1 |" in md
     assert "| 8 | 0.33 | 70.0 ± 14.1 | 35.0 ± 7.1 |" in md
     assert report.single_mean(_res(0.5)) == 0.5
+
+
+def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_items() -> None:
+    rng = np.random.default_rng(1)
+    small, large = rng.random(30) < 0.7, rng.random(3000) < 0.7
+    lo, hi = report.bootstrap_interval(small.astype(float))
+    assert lo < small.mean() < hi and hi - lo > 0.2
+    lo2, hi2 = report.bootstrap_interval(large.astype(float))
+    assert lo2 < large.mean() < hi2 and hi2 - lo2 < 0.05
+    assert report.bootstrap_interval(np.ones(30)) == (1.0, 1.0)
+
+
+def test_real_and_complementary_tables() -> None:
+    per_clip = [1.0] * 15 + [0.0] * 15
+    real = {"per_type": {"digit": 0.5, "parity": 0.5, "big": 0.5}, "per_clip": per_clip}
+    comp = {**{m: 0.6 for m in report.MODALITIES}, **{c: 0.8 for c in report.COMBOS}}
+    seeds = {str(s): {"rows": {"ssam (default)": {**_res(0.9), "real_audio": real, "complementary": comp}},
+                      "tuned": {}, "rank_ablation": {}, "total_rank": 24, "noise": {m: 1.0 for m in report.MODALITIES}}
+             for s in (0, 1)}
+    md = report.markdown({"mode": "full", "seeds": seeds, "wall_seconds": 1.0})
+    line = next(x for x in md.splitlines() if x.startswith("| ssam (default) | 50.0"))
+    lo, hi = (float(v) for v in line.split("|")[-2].split("–"))
+    assert lo < 50.0 < hi and hi - lo > 20  # 30 clips: a wide interval
+    assert "| ssam (default) | 60.0 ± 0.0 | 60.0 ± 0.0 | 60.0 ± 0.0 | 80.0 ± 0.0 | 80.0 ± 0.0 | 80.0 ± 0.0 | 80.0 ± 0.0 | 80.0 ± 0.0 |" in md

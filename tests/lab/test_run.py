@@ -27,3 +27,14 @@ def test_quick_failures_flag_merges_near_chance_only() -> None:
     assert run.quick_failures(_seed(0.9, 0.8)) == []
     failures = run.quick_failures(_seed(0.4, 0.3))
     assert len(failures) == 4 and all(f.startswith("ssam (default)") for f in failures)
+
+
+def test_space_is_part_of_the_label_except_the_default_dense() -> None:
+    assert run._label("ties", {}, "core") == "ties_core"
+    assert run._label("ties", {"lambda": 1.0}) == "ties_lambda1"
+
+
+def test_spaces_are_the_non_dense_ones_each_method_supports() -> None:
+    assert run._spaces("ssam") == []  # no factor space for SSAM; in core it is exactly its dense merge
+    assert run._spaces("task_arithmetic") == ["factor"]
+    assert set(run._spaces("ties")) == {"factor", "core"}

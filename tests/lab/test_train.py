@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -11,7 +12,7 @@ from safetensors.torch import load_file
 pytest.importorskip("peft")
 pytest.importorskip("transformers")
 
-from benchmarks.lab import loaders  # noqa: E402
+from benchmarks.lab import loaders, train  # noqa: E402
 from benchmarks.lab import model as lm  # noqa: E402
 from ssam_cli.sources.lora import LoraAdapter  # noqa: E402
 from tests.lab.helpers import make_tiny_base, make_tiny_specialist  # noqa: E402
@@ -59,3 +60,33 @@ def test_specialist_tower_round_trips(tiny_lab: tuple[Path, Path]) -> None:
 def test_missing_tower_tensors_fail_loudly() -> None:
     with pytest.raises(ValueError, match="modality.audio"):
         loaders.tower_from_tensors({"modality.image.projector.weight": torch.zeros(1)}, "audio")
+
+
+def test_damc_specialist_trains_its_token_lora_and_keeps_it_through_a_merge(tmp_path: Path) -> None:
+    """A few steps of the DAMC-style variant on the tiny base: the token LoRA learns (B leaves zero), is
+    exported inside the tower, comes back from `ssam merge`'s modality file, and changes the answer."""
+    from benchmarks.lab import merge
+    from benchmarks.lab.data import ModalityData, Split
+
+    base = make_tiny_base(tmp_path / "base")
+    rng = np.random.default_rng(0)
+    split = Split(rng.random((40, 64)).astype(np.float32), rng.integers(0, 10, 40))
+    cfg = train.TrainConfig(steps=3, batch=8, token_lora=True)
+    model = train.train_specialist(base, ModalityData("image", split, split, split), cfg)
+    trained = model.towers["image"].token_lora
+    assert max(float(b.abs().max()) for b in trained.B.values()) > 0
+    train.export_specialist(model.bert, model.towers["image"], tmp_path / "image")
+
+    out = merge.run_merge(merge.recipe("average", base, [("image", tmp_path / "image", "image")], Path("out")),
+                          tmp_path / "r.yaml")
+    merged = loaders.load_merged(base, out)
+    kept = merged.towers["image"].token_lora
+    assert kept is not None and set(kept.layers()) == set(trained.layers())
+    for k, b in trained.B.items():
+        assert torch.equal(kept.B[k], b.detach())
+    x = torch.from_numpy(split.x[:4])
+    with torch.no_grad():
+        with_lora = merged([("image", x)], ["which digit is this?"] * 4)
+        merged.towers["image"].token_lora = None
+        without = merged([("image", x)], ["which digit is this?"] * 4)
+    assert not torch.allclose(with_lora, without)
