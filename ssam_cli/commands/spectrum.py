@@ -136,10 +136,12 @@ def build_report(p: "Prepared", layers: Optional[Callable[[int], bool]] = None,
                  modules: Optional[Callable[[str], bool]] = None, rank: Optional[int] = None,
                  target: float = 0.95, device: Optional[str] = None, show_progress: bool = False) -> "SpectrumReport":
     """Read each selected weight's deltas (streaming, the engine's reader) and analyse it at the recipe's k."""
-    from ssam_cli.engine import default_threads, pick_device, prefetched, progress_bar, read_inputs, to_deltas
+    from ssam_cli.engine import (default_threads, in_order, merge_workers, pick_device, prefetched, progress_bar,
+                                 read_inputs, to_deltas)
     from ssam_cli.errors import UserError
     from ssam_cli.plan import Role
     from ssam_cli.spectrum import DEFAULT_K, SpectrumReport, analyse_weight
+    from ssam_cli.threads import torch_threads
 
     todo = selected(p, layers, modules)
     total = p.plan.count(Role.MERGE)
@@ -153,15 +155,17 @@ def build_report(p: "Prepared", layers: Optional[Callable[[int], bool]] = None,
     if rank is None and not hasattr(p.recipe.method_params(), "rank"):
         report.notes.append(f"method {p.recipe.method} has no rank parameter: k = {DEFAULT_K} (the paper's); "
                             "set --rank to evaluate another k")
-    from ssam_cli.threads import torch_threads
+
+    def analyse(loaded: Any) -> Any:  # one weight; safe in a worker thread, like the merge's
+        t = loaded.tensor
+        _, deltas = to_deltas(loaded, len(names), dev)
+        return analyse_weight(t.name, deltas, weights, k_of(p, t.name, rank), names, report.shares)
 
     with torch_threads(default_threads(p, dev)), progress_bar(show_progress) as progress:
         task = progress.add_task("spectra", total=len(todo)) if progress else None
-        for loaded in prefetched(todo, lambda t: read_inputs(p, t, need_base=False)):
-            t = loaded.tensor
-            _, deltas = to_deltas(loaded, len(names), dev)
-            report.weights.append(analyse_weight(t.name, deltas, weights, k_of(p, t.name, rank), names,
-                                                 report.shares))
+        read = prefetched(todo, lambda t: read_inputs(p, t, need_base=False))
+        for figures in in_order(analyse, read, merge_workers(p, dev)):
+            report.weights.append(figures)
             if progress:
                 progress.advance(task)
     capped = sum(w.k_used < w.k_requested for w in report.weights)
