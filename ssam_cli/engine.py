@@ -16,8 +16,8 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from itertools import count, islice
-from typing import Any, Callable, Iterator, Optional
+from itertools import count
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
 
@@ -62,12 +62,14 @@ class Prepared:
         return [TensorSpec(t.name, t.shape, self.out_dtype(t)) for t in self.plan.of_role(Role.MERGE)]
 
 
-def prepare(recipe: Recipe) -> Prepared:
-    """Open inputs and plan; every input problem surfaces here, before any tensor is read."""
+def prepare(recipe: Recipe, check_output: bool = True) -> Prepared:
+    """Open inputs and plan; every input problem surfaces here, before any tensor is read. `check_output=False`
+    skips the output-format checks, for commands that read the inputs but write no merge (inspect-spectrum)."""
     inputs = open_inputs(recipe)
     plan = build_plan(inputs.base, inputs.specialists, recipe.modules.keep, recipe.modules.average)
     prepared = Prepared(recipe, inputs, plan)
-    check_format(prepared)
+    if check_output:
+        check_format(prepared)
     return prepared
 
 
@@ -157,21 +159,32 @@ def load_deltas(p: Prepared, t: PlannedTensor, device: torch.device) -> list[Del
     return to_deltas(read_inputs(p, t, need_base=False), len(p.inputs.specialists), device)[1]
 
 
+def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int, ahead: int,
+                name: str = "ssam") -> Iterator[Any]:
+    """fn over items in `workers` background threads (torch releases the GIL), results in the items' order.
+
+    While the caller holds one result, at most `ahead` further calls are submitted or done, which bounds memory to
+    ahead + 1 results. With ahead = 0 there is nothing to overlap and fn runs inline.
+    """
+    if ahead <= 0:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name) as pool:
+        pending: deque[Future[Any]] = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def prefetched(items: list[PlannedTensor], read: Callable[[PlannedTensor], Loaded], depth: int = 2) -> Iterator[Loaded]:
     """Read the next `depth` tensors in a background thread while the current one is merged.
 
     Memory: at most depth + 1 weights of all specialists in flight.
     """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ssam-read") as pool:
-        pending: deque[Future[Loaded]] = deque()
-        it = iter(items)
-        for item in islice(it, depth):
-            pending.append(pool.submit(read, item))
-        while pending:
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append(pool.submit(read, nxt))
-            yield pending.popleft().result()
+    return ordered_map(read, items, workers=1, ahead=depth, name="ssam-read")
 
 
 @dataclass
@@ -214,7 +227,7 @@ def run_merge(p: Prepared, *, overwrite: bool = False, device: Optional[str] = N
             task = progress.add_task("merging", total=len(todo)) if progress else None
             read = prefetched(todo, lambda t: read_inputs(p, t, need_base=fmt == "full"))
             compute = partial(_compute, p, dev=dev, spec=spec, prepass=prepass, spectrum=spectrum)
-            for done in in_order(compute, read, workers):
+            for done in computed(compute, read, workers):
                 if isinstance(done.value, LowRankDelta):
                     writer.add(done.tensor.name, done.value)
                 elif done.value is not None:
@@ -359,19 +372,9 @@ class Done:
     spectrum: Any = None
 
 
-def in_order(fn: Callable[[Any], Any], items: Iterator[Any], workers: int) -> Iterator[Any]:
-    """fn over items, up to `workers` at a time in threads (torch releases the GIL), results in the items' order."""
-    if workers <= 1:
-        yield from map(fn, items)
-        return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ssam-merge") as pool:
-        pending: deque[Future[Any]] = deque()
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+def computed(fn: Callable[[Loaded], Any], loaded: Iterator[Loaded], workers: int) -> Iterator[Any]:
+    """fn over the loaded weights, `workers` at a time, in plan order (one worker: inline, no thread)."""
+    return ordered_map(fn, loaded, workers, ahead=workers - 1, name="ssam-merge")
 
 
 def _compute(p: Prepared, loaded: Loaded, dev: torch.device, spec: Any, prepass: PrepassRun, spectrum: bool) -> Done:
@@ -391,21 +394,21 @@ def _compute(p: Prepared, loaded: Loaded, dev: torch.device, spec: Any, prepass:
     else:
         base, deltas = to_deltas(loaded, n, dev)
         state = prepass.state if t.name in prepass.weights else None
-        value, figures, bases = _merge_one(p, t, dev, base, deltas, weights, spec, state)
+        params = p.recipe.method_params(t.name)
+        value, figures, bases = _merge_one(p, t, dev, base, deltas, weights, spec, params, state)
         entry.update(figures)
         if spectrum:
-            analysis = _analyse(p, t, deltas, weights, bases)
+            analysis = _analyse(p, t, deltas, weights, params, bases)
     entry["seconds"] = round(time.perf_counter() - t0, 4)
     return Done(t, value, entry, analysis)
 
 
 def _merge_one(p: Prepared, t: PlannedTensor, dev: torch.device, base_value: Optional[torch.Tensor],
-               deltas: list[Delta], weights: list[float], spec: Any,
+               deltas: list[Delta], weights: list[float], spec: Any, params: Any,
                prepass: Optional[PrepassState] = None) -> tuple[Any, dict[str, Any], Any]:
     """Merge one weight: the value to write (full: W_0 + Δ in the output dtype; else the LowRankDelta, None at
     rank 0), its manifest figures, and the method's consensus bases if it made any."""
     ctx = merge_context(p, t, len(deltas), dev, prepass)
-    params = p.recipe.method_params(t.name)
     result = merge_in_space(spec, deltas, weights, params, ctx, p.recipe.space)
     value: Any = None
     if p.recipe.output.format == "full":
@@ -421,12 +424,12 @@ def _merge_one(p: Prepared, t: PlannedTensor, dev: torch.device, base_value: Opt
     return value, figures, result.bases
 
 
-def _analyse(p: Prepared, t: PlannedTensor, deltas: list[Delta], weights: list[float], bases: Any) -> Any:
+def _analyse(p: Prepared, t: PlannedTensor, deltas: list[Delta], weights: list[float], params: Any, bases: Any) -> Any:
     """inspect-spectrum's figures for one merged weight, at the k the method uses there (the paper's 128 if none),
     reusing the method's own consensus bases (SSAM's, at that same k) when it made them."""
     from ssam_cli.spectrum import analyse_weight, k_of_params
 
-    return analyse_weight(t.name, deltas, weights, k_of_params(p.recipe.method_params(t.name)),
+    return analyse_weight(t.name, deltas, weights, k_of_params(params),
                           [s.name for s in p.recipe.specialists], bases=bases)
 
 

@@ -50,6 +50,7 @@ def inspect_spectrum(
 
         ssam inspect-spectrum recipes/examples/lora-specialists.yaml --plot spectrum/
     """
+    from ssam_cli.engine import prepare
     from ssam_cli.errors import UserError
     from ssam_cli.recipe import load_recipe
     from ssam_cli.spectrum_render import require_matplotlib, spectrum_table, write_csv, write_json, write_plots
@@ -61,7 +62,7 @@ def inspect_spectrum(
     if plot is not None:
         require_matplotlib()  # fail before the work, not after it
     r = load_recipe(recipe)
-    report = build_report(prepare_inputs(r), layer_filter(layers), module_filter(modules), rank, target,
+    report = build_report(prepare(r, check_output=False), layer_filter(layers), module_filter(modules), rank, target,
                           device, show_progress=not quiet)
     if json is not None:
         write_json(report, json)
@@ -72,17 +73,6 @@ def inspect_spectrum(
         console().print(spectrum_table(report, per_layer))
         for path in [p for p in (json, csv) if p is not None] + written:
             console().print(f"wrote {path}")
-
-
-def prepare_inputs(recipe: Any) -> "Prepared":
-    """Inputs opened and planned like `merge`, without the output-format checks (nothing is written)."""
-    from ssam_cli.engine import Prepared
-    from ssam_cli.inputs import open_inputs
-    from ssam_cli.plan import build_plan
-
-    inputs = open_inputs(recipe)
-    plan = build_plan(inputs.base, inputs.specialists, recipe.modules.keep, recipe.modules.average)
-    return Prepared(recipe, inputs, plan)
 
 
 def layer_filter(spec: Optional[str]) -> Optional[Callable[[int], bool]]:
@@ -136,7 +126,7 @@ def build_report(p: "Prepared", layers: Optional[Callable[[int], bool]] = None,
                  modules: Optional[Callable[[str], bool]] = None, rank: Optional[int] = None,
                  target: float = 0.95, device: Optional[str] = None, show_progress: bool = False) -> "SpectrumReport":
     """Read each selected weight's deltas (streaming, the engine's reader) and analyse it at the recipe's k."""
-    from ssam_cli.engine import (default_threads, in_order, merge_workers, pick_device, prefetched, progress_bar,
+    from ssam_cli.engine import (computed, default_threads, merge_workers, pick_device, prefetched, progress_bar,
                                  read_inputs, to_deltas)
     from ssam_cli.errors import UserError
     from ssam_cli.plan import Role
@@ -164,7 +154,7 @@ def build_report(p: "Prepared", layers: Optional[Callable[[int], bool]] = None,
     with torch_threads(default_threads(p, dev)), progress_bar(show_progress) as progress:
         task = progress.add_task("spectra", total=len(todo)) if progress else None
         read = prefetched(todo, lambda t: read_inputs(p, t, need_base=False))
-        for figures in in_order(analyse, read, merge_workers(p, dev)):
+        for figures in computed(analyse, read, merge_workers(p, dev)):
             report.weights.append(figures)
             if progress:
                 progress.advance(task)
