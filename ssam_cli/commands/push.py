@@ -33,15 +33,16 @@ def push(
 
         ssam push ./merged my-org/vicuna-av-ssam --private
     """
+    from ssam_cli.commands.render import human_bytes
     from ssam_cli.hub.push import prepare_upload, push_upload
 
     upload = prepare_upload(output_dir, repo_id)
     branch = revision or "main"
     target = f"{repo_id} ({'pull request against main' if create_pr else 'branch ' + branch})"
     if dry_run:
-        typer.echo(f"dry run: would push {len(upload.files)} files ({_size(upload.total_bytes)}) to {target}:")
+        typer.echo(f"dry run: would push {len(upload.files)} files ({human_bytes(upload.total_bytes, 1)}) to {target}:")
         for path, size in upload.files:
-            typer.echo(f"  {path}  {_size(size)}")
+            typer.echo(f"  {path}  {human_bytes(size, 1)}")
         typer.echo("\n--- README.md (model card) ---")
         typer.echo(upload.card, nl=False)
         return
@@ -53,14 +54,3 @@ def push(
         typer.echo(f"{target}: opened {pushed.pr_url} (commit {pushed.commit[:12]})")
     else:
         typer.echo(f"{target}: pushed {len(upload.files)} files, {pushed.url}")
-
-
-def _size(n: int) -> str:
-    if n < 1000:
-        return f"{n} B"
-    value, unit = float(n), "B"
-    for unit in ("KB", "MB", "GB"):
-        value /= 1000
-        if value < 1000:
-            break
-    return f"{value:.1f} {unit}"

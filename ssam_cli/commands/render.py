@@ -15,12 +15,13 @@ def console() -> Console:
     return Console()
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+def human_bytes(n: float, digits: int = 2) -> str:
+    """Decimal units, as the Hub and file browsers show sizes: 2500000 → '2.50 MB' (`digits` after the point)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.{digits}f} {unit}"
         n /= 1000
-    return f"{n:.2f} TB"
+    return f"{n:.{digits}f} TB"
 
 
 def plan_table(p: "Prepared") -> Table:

@@ -89,6 +89,6 @@ def test_dry_run_prints_files_and_card_and_uploads_nothing(output: Path, fake_hu
 @pytest.mark.parametrize("n, text", [(0, "0 B"), (999, "999 B"), (1500, "1.5 KB"), (2_500_000, "2.5 MB"),
                                      (7_000_000_000, "7.0 GB")])
 def test_sizes_are_human(n, text):
-    from ssam_cli.commands.push import _size
+    from ssam_cli.commands.render import human_bytes
 
-    assert _size(n) == text
+    assert human_bytes(n, 1) == text
