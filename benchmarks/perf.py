@@ -486,17 +486,17 @@ def table(s: dict[str, Any]) -> str:
             d = d[k]
         return fmt.format(d)
 
+    def run(r: dict) -> str:  # one `ssam merge` process, as `measured` records it
+        return f"{g(r, 'wall_s')} s wall, {g(r, 'cpu_s')} s CPU, RSS {g(r, 'peak_rss_mb')} MB (anon {g(r, 'peak_anon_mb')})"
+
     if "lora" in s:
         for depth, r in s["lora"]["rows"].items():
             add(f"`ssam merge` SSAM 4×r128 → LoRA, {depth} ({g(r, 'merged_weights')} weights, k used {g(r, 'rank_used')})",
-                f"{g(r, 'wall_s')} s wall, {g(r, 'cpu_s')} s CPU, RSS {g(r, 'peak_rss_mb')} MB (anon {g(r, 'peak_anon_mb')}); "
-                f"load {g(r, 'load_avg_1min')}", "", "", "≤ 30 s (L32)")
+                f"{run(r)}; load {g(r, 'load_avg_1min')}", "", "", "≤ 30 s (L32)")
     if "full" in s:
         f = s["full"]
         for depth, r in f["rows"].items():
-            add(f"`ssam merge` SSAM 4×r128 → full, base {depth}",
-                f"{g(r, 'wall_s')} s wall, {g(r, 'cpu_s')} s CPU, RSS {g(r, 'peak_rss_mb')} MB (anon {g(r, 'peak_anon_mb')})",
-                "", "", "peak independent of depth")
+            add(f"`ssam merge` SSAM 4×r128 → full, base {depth}", run(r), "", "", "peak independent of depth")
         add("  full output, extrapolated to 32 layers", f"{f['extrapolated_32_layers_s']} s wall "
             f"({f['per_layer_s']} s/layer), {g(f, 'extrapolated_32_layers_cpu_s')} s CPU "
             f"({g(f, 'per_layer_cpu_s')} s/layer)", "", "", "")
