@@ -405,7 +405,7 @@ def work_dense(name: str, base: str, *specialists: str) -> dict[str, Any]:
     A = Σ Δ_iΔ_iᵀ and B = Σ Δ_iᵀΔ_i (the issue's reference; energies from their eigenvalues)."""
     import torch
 
-    from ssam_cli.randomized import randomized_spectra
+    from ssam_cli.consensus.randomized import randomized_spectra
     from ssam_cli.sources.checkpoint import FullCheckpoint
 
     w0 = FullCheckpoint(Path(base)).read(name).float()

@@ -82,3 +82,16 @@ def frobenius_norm(delta: Delta) -> float:
     B, A = delta.B.double(), delta.A.double()
     sq = torch.sum((B.T @ B) * (A @ A.T)) * delta.scale**2
     return float(sq.clamp_min(0).sqrt())
+
+
+def weighted_sum(deltas: Sequence[Delta], weights: Sequence[float]) -> Delta:
+    """Σ w_i Δ_i, kept factored (stacked factors, exact) when every delta is low-rank."""
+    if all_lowrank(list(deltas)):
+        Bs = [d.B * (w * d.scale) for d, w in zip(deltas, weights)]  # type: ignore[union-attr]
+        As = [d.A for d in deltas]  # type: ignore[union-attr]
+        return LowRankDelta(torch.cat(Bs, dim=1), torch.cat(As, dim=0))
+    total = None
+    for d, w in zip(deltas, weights):
+        term = d.dense() * w
+        total = term if total is None else total + term
+    return DenseDelta(total)

@@ -271,7 +271,7 @@ def run_merge(p: Prepared, *, overwrite: bool = False, device: Optional[str] = N
         if prepass.record:
             body["prepass"] = prepass.record
         if spectra:
-            from ssam_cli.spectrum import summary_for_manifest
+            from ssam_cli.spectrum_report import summary_for_manifest
 
             body["spectrum"] = summary_for_manifest(spectra)
         manifest = write_manifest(folder, body)
@@ -427,7 +427,7 @@ def _merge_one(p: Prepared, t: PlannedTensor, dev: torch.device, base_value: Opt
 def _analyse(p: Prepared, t: PlannedTensor, deltas: list[Delta], weights: list[float], params: Any, bases: Any) -> Any:
     """inspect-spectrum's figures for one merged weight, at the k the method uses there (the paper's 128 if none),
     reusing the method's own consensus bases (SSAM's, at that same k) when it made them."""
-    from ssam_cli.spectrum import analyse_weight, k_of_params
+    from ssam_cli.spectrum_report import analyse_weight, k_of_params
 
     return analyse_weight(t.name, deltas, weights, k_of_params(params),
                           [s.name for s in p.recipe.specialists], bases=bases)

@@ -78,12 +78,12 @@ class NamedSource:
     source: Source
 
 
-_LAYER = re.compile(r"\.(\d+)\.")
+LAYER_INDEX = re.compile(r"\.(\d+)\.")  # the block index in a tensor name
 
 
 def layer_of(name: str) -> int:
     """The first block index in a tensor name (-1 for tensors outside the repeated blocks)."""
-    m = _LAYER.search(name)
+    m = LAYER_INDEX.search(name)
     return int(m.group(1)) if m else -1
 
 

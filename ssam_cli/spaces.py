@@ -23,7 +23,7 @@ import torch
 
 from ssam_cli.deltas import Delta, DenseDelta, LowRankDelta, all_lowrank
 from ssam_cli.errors import UserError
-from ssam_cli.linalg import left_singular
+from ssam_cli.spectra import left_singular
 from ssam_cli.methods.base import MergeContext, MergeResult, MethodSpec
 
 Space = Literal["dense", "factor", "core"]

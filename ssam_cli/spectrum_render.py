@@ -14,7 +14,7 @@ import torch
 from rich.table import Table
 
 from ssam_cli.errors import UserError
-from ssam_cli.spectrum import THRESHOLDS, SpectrumReport, WeightSpectrum, share_key
+from ssam_cli.spectrum_report import THRESHOLDS, SpectrumReport, WeightSpectrum, share_key
 
 PLOT_HINT = "--plot needs matplotlib, an optional extra: pip install 'ssam[plot]' (or pip install matplotlib)"
 

@@ -214,7 +214,7 @@ def test_spectrum_is_off_by_default_for_full_finetunes_and_on_when_asked(tiny):
 
 
 def test_the_spectrum_summary_of_an_ssam_lora_merge_reuses_the_merge_bases(tiny, monkeypatch):
-    import ssam_cli.spectrum as spectrum
+    import ssam_cli.spectrum_report as spectrum
 
     def recompute(*_args, **_kwargs):
         raise AssertionError("consensus bases recomputed for the spectrum summary")

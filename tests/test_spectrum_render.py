@@ -12,7 +12,7 @@ from rich.console import Console
 
 from ssam_cli.deltas import LowRankDelta
 from ssam_cli.errors import UserError
-from ssam_cli.spectrum import SpectrumReport, analyse_weight
+from ssam_cli.spectrum_report import SpectrumReport, analyse_weight
 from ssam_cli.spectrum_render import PLOT_HINT, require_matplotlib, spectrum_table, write_csv, write_json, write_plots
 
 MODULES = ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj")

@@ -18,7 +18,7 @@ from ssam_cli.commands.render import console
 if TYPE_CHECKING:
     from ssam_cli.engine import Prepared
     from ssam_cli.plan import PlannedTensor
-    from ssam_cli.spectrum import SpectrumReport
+    from ssam_cli.spectrum_report import SpectrumReport
 
 _LAYER_ITEM = re.compile(r"^(\d+-\d+|[0-9*?\[\]]+)$")
 
@@ -102,7 +102,7 @@ def module_filter(spec: Optional[str]) -> Optional[Callable[[str], bool]]:
     """'q,v,*mlp*' → a predicate on a tensor name: a glob matches its module type (q), its path in the block
     (self_attn.q_proj) or its whole name."""
     from ssam_cli.errors import UserError
-    from ssam_cli.spectrum import module_path, module_type
+    from ssam_cli.spectrum_report import module_path, module_type
 
     if spec is None:
         return None
@@ -130,7 +130,7 @@ def build_report(p: "Prepared", layers: Optional[Callable[[int], bool]] = None,
                                  read_inputs, to_deltas)
     from ssam_cli.errors import UserError
     from ssam_cli.plan import Role
-    from ssam_cli.spectrum import DEFAULT_K, SpectrumReport, analyse_weight
+    from ssam_cli.spectrum_report import DEFAULT_K, SpectrumReport, analyse_weight
     from ssam_cli.threads import torch_threads
 
     todo = selected(p, layers, modules)
@@ -166,7 +166,7 @@ def build_report(p: "Prepared", layers: Optional[Callable[[int], bool]] = None,
 
 def k_of(p: "Prepared", name: str, rank: Optional[int]) -> int:
     """--rank, else the recipe's `rank` for this tensor (overrides applied), else the paper's 128."""
-    from ssam_cli.spectrum import k_of_params
+    from ssam_cli.spectrum_report import k_of_params
 
     return rank if rank is not None else k_of_params(p.recipe.method_params(name))
 

@@ -19,8 +19,8 @@ from typing import Literal, Optional, Sequence
 import torch
 
 from ssam_cli.deltas import Delta, LowRankDelta
+from ssam_cli.spectra import rank_tolerance
 
-FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
 
 
 @dataclass
@@ -76,7 +76,7 @@ class Objective:
             lam, E = evals.flip(0), evecs.flip(1).T
         if lam.numel() == 0 or float(lam[0]) <= 0.0:
             return E[:0], lam[:0]
-        keep = lam > float(lam[0]) * max(self.H.shape) * FLOAT32_EPS
+        keep = lam > rank_tolerance(float(lam[0]), max(self.H.shape))
         return E[keep], lam[keep]
 
     def loss_from(self, tau: torch.Tensor, tau_G: torch.Tensor) -> float:

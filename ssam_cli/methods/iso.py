@@ -16,10 +16,9 @@ from typing import Sequence
 import torch
 from pydantic import Field
 
-from ssam_cli.deltas import Delta, DenseDelta, LowRankDelta, frobenius_norm
-from ssam_cli.linalg import weighted_sum
+from ssam_cli.deltas import Delta, DenseDelta, LowRankDelta, frobenius_norm, weighted_sum
 from ssam_cli.methods.base import MergeContext, MergeResult, MethodSpec, ScaledParams, resolve_lambda
-from ssam_cli.methods.spectral import polar_factor, thin_svd
+from ssam_cli.spectra import polar_factor, thin_svd
 
 
 class IsoCParams(ScaledParams):

@@ -15,11 +15,10 @@ from typing import Literal, Optional, Sequence
 
 from pydantic import Field
 
-from ssam_cli.deltas import Delta, DenseDelta, LowRankDelta, all_lowrank, frobenius_norm
-from ssam_cli.linalg import weighted_sum
+from ssam_cli.deltas import Delta, DenseDelta, LowRankDelta, all_lowrank, frobenius_norm, weighted_sum
 from ssam_cli.methods.base import MergeContext, MergeResult, MethodSpec, ScaledParams, resolve_lambda
 from ssam_cli.methods.interference import Objective, Task, minimise
-from ssam_cli.methods.spectral import thin_svd
+from ssam_cli.spectra import thin_svd
 
 VARIANTS = {  # variant → (optimizer, default lr)
     "full": ("adam", 1e-5),

@@ -11,9 +11,9 @@ from typing import Any, Sequence
 import torch
 from pydantic import Field
 
-from ssam_cli.deltas import Delta, LowRankDelta, all_lowrank, frobenius_norm
-from ssam_cli.linalg import ConsensusBases, consensus_bases, cut_bases, project_sum, weighted_sum
-from ssam_cli.randomized import RandomizedSpectrum, randomized_spectra
+from ssam_cli.consensus.bases import ConsensusBases, consensus_bases, cut_bases, project_sum
+from ssam_cli.consensus.randomized import RandomizedSpectrum, randomized_spectra
+from ssam_cli.deltas import Delta, LowRankDelta, all_lowrank, frobenius_norm, weighted_sum
 from ssam_cli.methods.base import MergeContext, MergeResult, MethodSpec, PositiveRank, ScaledParams, resolve_lambda
 
 

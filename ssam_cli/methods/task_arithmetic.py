@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ssam_cli.deltas import Delta, frobenius_norm
-from ssam_cli.linalg import weighted_sum
+from ssam_cli.deltas import Delta, frobenius_norm, weighted_sum
 from ssam_cli.methods.base import MergeContext, MergeResult, MethodSpec, ScaledParams, resolve_lambda
 
 

@@ -16,7 +16,7 @@ import torch
 
 from ssam_cli.deltas import Delta, LowRankDelta, frobenius_norm
 from ssam_cli.methods.base import MergeContext, MergeResult, MethodSpec, ScaledParams, resolve_lambda
-from ssam_cli.methods.spectral import polar_factor, thin_svd
+from ssam_cli.spectra import polar_factor, thin_svd
 
 
 class TsvParams(ScaledParams):

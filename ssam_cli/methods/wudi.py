@@ -13,8 +13,7 @@ from typing import Sequence
 import torch
 from pydantic import Field
 
-from ssam_cli.deltas import Delta, DenseDelta, LowRankDelta, frobenius_norm
-from ssam_cli.linalg import weighted_sum
+from ssam_cli.deltas import Delta, DenseDelta, LowRankDelta, frobenius_norm, weighted_sum
 from ssam_cli.methods.base import MergeContext, MergeResult, MethodSpec, ScaledParams, resolve_lambda
 from ssam_cli.methods.interference import Objective, Task, minimise
 

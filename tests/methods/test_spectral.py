@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ssam_cli.deltas import DenseDelta, LowRankDelta
-from ssam_cli.methods.spectral import polar_factor, thin_svd
+from ssam_cli.spectra import polar_factor, thin_svd
 from tests.methods.helpers import lora_deltas
 
 

@@ -3,7 +3,7 @@
 Per weight, from the deltas the merge would see (Δ_i times its recipe weight):
   * the singular values of each Δ_i (through its factors when low-rank: an r × r core, never d × d);
   * the singular values of the stacked M = [Δ_1 | … | Δ_n] (left, U_c) and N = [Δ_1; …; Δ_n] (right, V_c),
-    from `linalg.spectra`, the path the merge itself takes;
+    from `consensus.bases.stacked_spectra`, the path the merge itself takes;
   * the energy they capture at k, and the smallest k reaching given energy shares;
   * the pairwise overlap of the specialists' column (row) subspaces: the mean squared cosine of the principal
     angles between their top-r singular subspaces, r = min(k, rank_i, rank_j): 1 identical, 0 orthogonal,
@@ -15,17 +15,15 @@ Then aggregates per module type (q, k, v, o, gate, up, down) or per layer, and a
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import torch
 
-from ssam_cli.deltas import Delta, LowRankDelta
-from ssam_cli.linalg import FLOAT32_EPS, ConsensusBases, consensus_bases, project_sum
-from ssam_cli.plan import layer_of
-
-_LAYER = re.compile(r"\.(\d+)\.")  # the block index, as plan.layer_of finds it
+from ssam_cli.deltas import Delta
+from ssam_cli.consensus.bases import ConsensusBases, consensus_bases, project_sum
+from ssam_cli.spectra import energy_share, smallest_k, thin_svd
+from ssam_cli.plan import LAYER_INDEX, layer_of
 
 THRESHOLDS = (0.90, 0.95, 0.99)
 DEFAULT_TARGET = 0.95
@@ -47,63 +45,6 @@ def rule_text(target: float = DEFAULT_TARGET) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- one matrix
-
-
-@dataclass
-class OwnSvd:
-    """Thin SVD of one Δ_i, cut at its numerical rank: U (d_out × r), σ (float64), V (d_in × r)."""
-
-    U: torch.Tensor
-    values: torch.Tensor
-    V: torch.Tensor
-
-    @property
-    def rank(self) -> int:
-        return int(self.values.numel())
-
-
-def own_svd(delta: Delta) -> OwnSvd:
-    """SVD of Δ; low-rank: Δ = s·Q_B (R_B R_Aᵀ) Q_Aᵀ, so only the r × r core is decomposed (in float64)."""
-    shape = tuple(delta.shape)
-    if isinstance(delta, LowRankDelta):
-        B, A = delta.B, delta.A
-        if delta.rank == 0 or delta.scale == 0.0:
-            return OwnSvd(B.new_zeros(shape[0], 0), torch.zeros(0, dtype=torch.float64), A.new_zeros(shape[1], 0))
-        Qb, Rb = torch.linalg.qr(B)
-        Qa, Ra = torch.linalg.qr(A.T)
-        Uc, S, Vch = torch.linalg.svd(delta.scale * (Rb.double() @ Ra.double().T))
-        U, V = Qb @ Uc.to(B.dtype), Qa @ Vch.T.to(A.dtype)
-    else:
-        X = delta.dense()
-        Ud, S, Vdh = torch.linalg.svd(X.double(), full_matrices=False)
-        U, V = Ud.to(X.dtype), Vdh.T.to(X.dtype)
-    r = numerical_rank(S, shape)
-    return OwnSvd(U[:, :r], S[:r], V[:, :r])
-
-
-def numerical_rank(values: torch.Tensor, shape: Sequence[int]) -> int:
-    """σ_j > σ_max · max(shape) · ε_float32: the rule `linalg.Spectrum` uses, so both sides count alike."""
-    if values.numel() == 0 or float(values[0]) <= 0.0:
-        return 0
-    return int((values > float(values[0]) * max(shape) * FLOAT32_EPS).sum())
-
-
-def energy_at(values: torch.Tensor, k: int) -> float:
-    """Σ_{j<k} σ_j² / Σ σ_j² (1.0 for an all-zero matrix: nothing is lost)."""
-    sq = values.double().square()
-    total = float(sq.sum())
-    return 1.0 if total == 0.0 else float(sq[:k].sum()) / total
-
-
-def smallest_k(values: torch.Tensor, share: float) -> int:
-    """The smallest k with energy_at(values, k) ≥ share (0 for an all-zero matrix)."""
-    sq = values.double().square()
-    total = float(sq.sum())
-    if total == 0.0:
-        return 0
-    cum = torch.cumsum(sq, 0) / total
-    # 1e-12 absorbs the rounding of a cumulative sum that reaches the share exactly.
-    return min(int((cum < share - 1e-12).sum()) + 1, int(values.numel()))
 
 
 def subspace_overlap(Ua: torch.Tensor, Ub: torch.Tensor) -> Optional[float]:
@@ -211,8 +152,8 @@ def analyse_weight(name: str, deltas: Sequence[Delta], weights: Sequence[float],
     `bases`: the merge's own consensus bases of the same weighted deltas at the same k, when it has them."""
     weighted = [d.scaled(w) for d, w in zip(deltas, weights)]
     bases = bases if bases is not None else consensus_bases(weighted, k)
-    svds = [own_svd(d) for d in weighted]
-    norms = [math.sqrt(float(s.values.square().sum())) for s in svds]
+    svds = [thin_svd(d).nonzero(tuple(d.shape)) for d in weighted]
+    norms = [math.sqrt(float(s.S.double().square().sum())) for s in svds]
     kept: list[Optional[float]] = []
     for d, norm in zip(weighted, norms):
         if norm == 0.0:
@@ -223,9 +164,9 @@ def analyse_weight(name: str, deltas: Sequence[Delta], weights: Sequence[float],
     shape = (int(deltas[0].shape[0]), int(deltas[0].shape[1]))
     return WeightSpectrum(
         name=name, shape=shape, specialists=list(specialists), k_requested=k,
-        specialist_values=[s.values.tolist() for s in svds], specialist_norms=norms,
+        specialist_values=[s.S.double().tolist() for s in svds], specialist_norms=norms,
         left=_side(bases.left.values, bases.left.numerical_rank, bases.U.shape[1], [s.U for s in svds], k, shares),
-        right=_side(bases.right.values, bases.right.numerical_rank, bases.V.shape[1], [s.V for s in svds], k, shares),
+        right=_side(bases.right.values, bases.right.numerical_rank, bases.V.shape[1], [s.Vh.T for s in svds], k, shares),
         kept=kept,
     )
 
@@ -244,7 +185,7 @@ def _side(values: torch.Tensor, rank: int, k_used: int, bases: list[torch.Tensor
             overlap[i][j] = overlap[j][i] = subspace_overlap(bases[i][:, :r], bases[j][:, :r])
             chance[i][j] = chance[j][i] = None if r == 0 else r / bases[i].shape[0]
     values = values[:rank]  # beyond the numerical rank: rounding noise of an exact zero
-    return Side(values=values.tolist(), numerical_rank=rank, k_used=k_used, energy_at_k=energy_at(values, k_used),
+    return Side(values=values.tolist(), numerical_rank=rank, k_used=k_used, energy_at_k=energy_share(values, k_used),
                 k_for={share_key(s): smallest_k(values, s) for s in shares}, overlap=overlap, overlap_chance=chance)
 
 
@@ -374,7 +315,7 @@ def summary_for_manifest(per_weight_results: Sequence[WeightSpectrum], target: f
 
 def module_path(name: str) -> str:
     """`model.layers.3.self_attn.q_proj.weight` → `self_attn.q_proj`: the part after the block index."""
-    m = _LAYER.search(name)
+    m = LAYER_INDEX.search(name)
     path = name[m.end():] if m else name
     return path[: -len(".weight")] if path.endswith(".weight") else path
 

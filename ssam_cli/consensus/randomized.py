@@ -30,7 +30,8 @@ from typing import Sequence
 
 import torch
 
-from ssam_cli.linalg import Spectrum, left_singular_of_blocks
+from ssam_cli.consensus.exact import left_singular_of_blocks
+from ssam_cli.spectra import Spectrum
 
 
 @dataclass

@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ssam_cli.linalg import left_singular_of_blocks
-from ssam_cli.randomized import RandomizedSpectrum, randomized_left, krylov_width, randomized_spectra
+from ssam_cli.consensus.exact import left_singular_of_blocks
+from ssam_cli.consensus.randomized import RandomizedSpectrum, randomized_left, krylov_width, randomized_spectra
 
 K = 24
 
@@ -136,7 +136,7 @@ def test_krylov_width_is_three_blocks_and_capped():
 
 def test_reusing_the_krylov_products_equals_projecting_again(monkeypatch):
     """Mᵀ Q from the products made along the way (orthonormal blocks) = a fresh projection onto orth(K)."""
-    from ssam_cli import randomized
+    from ssam_cli.consensus import randomized
 
     deltas = updates(4, 200, 300, decay=1.5)
     checks = []

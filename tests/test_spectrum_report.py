@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from ssam_cli.deltas import DenseDelta, LowRankDelta
-from ssam_cli.spectrum import (SpectrumReport, WeightSpectrum, analyse_weight, energy_at, module_path, module_type, own_svd,
-                               smallest_k, subspace_overlap, suggest_k, summary_for_manifest)
+from ssam_cli.spectra import energy_share, smallest_k, thin_svd
+from ssam_cli.spectrum_report import (SpectrumReport, WeightSpectrum, analyse_weight, module_path, module_type,
+                               subspace_overlap, suggest_k, summary_for_manifest)
 
 NAME = "model.layers.0.self_attn.q_proj.weight"
 TOL = 1e-5
@@ -55,17 +56,18 @@ def np_smallest_k(s: np.ndarray, share: float) -> int:
 def test_own_singular_values_match_float64(kind):
     g = torch.Generator().manual_seed(0)
     d = lora(g, 40, 24, 5, scale=1.7) if kind == "lora" else DenseDelta(torch.randn(40, 24, generator=g))
-    svd = own_svd(d)
+    svd = thin_svd(d).nonzero(tuple(d.shape))
     ref = svals(np_dense(d))
-    assert svd.rank == (5 if kind == "lora" else 24)
-    np.testing.assert_allclose(svd.values.numpy(), ref[: svd.rank], rtol=0, atol=TOL * ref[0])
-    rebuilt = (svd.U.double() * svd.values) @ svd.V.double().T  # the vectors go with the values
+    rank = svd.S.numel()
+    assert rank == (5 if kind == "lora" else 24)
+    np.testing.assert_allclose(svd.S.double().numpy(), ref[:rank], rtol=0, atol=TOL * ref[0])
+    rebuilt = (svd.U.double() * svd.S.double()) @ svd.Vh.double()  # the vectors go with the values
     np.testing.assert_allclose(rebuilt.numpy(), np_dense(d), atol=TOL * ref[0])
 
 
 def test_rank_zero_specialist_has_empty_spectrum():
-    svd = own_svd(LowRankDelta.zero((8, 6)))
-    assert svd.rank == 0 and svd.U.shape == (8, 0) and svd.V.shape == (6, 0)
+    svd = thin_svd(LowRankDelta.zero((8, 6))).nonzero((8, 6))
+    assert svd.S.numel() == 0 and svd.U.shape == (8, 0) and svd.Vh.shape == (0, 6)
 
 
 @pytest.mark.parametrize("kind", ["lora", "dense"])
@@ -225,7 +227,7 @@ def test_labels_stay_short_unless_two_modules_share_a_short_name():
 
 def test_energy_helpers_on_zero_and_exact_shares():
     zero = torch.zeros(0, dtype=torch.float64)
-    assert energy_at(zero, 3) == 1.0 and smallest_k(zero, 0.9) == 0
+    assert energy_share(zero, 3) == 1.0 and smallest_k(zero, 0.9) == 0
     v = torch.tensor([3.0, 1.0], dtype=torch.float64)  # energies 0.9, 1.0
     assert smallest_k(v, 0.9) == 1 and smallest_k(v, 0.95) == 2
 

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from ssam_cli.deltas import LowRankDelta
-from ssam_cli.linalg import FactoredSpectrum, Spectrum, consensus_bases, project_sum, spectra
+from ssam_cli.consensus.bases import consensus_bases, project_sum, stacked_spectra as spectra
+from ssam_cli.consensus.factored import FactoredSpectrum
+from ssam_cli.spectra import Spectrum
 
 K = 12
 

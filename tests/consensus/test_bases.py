@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from ssam_cli.deltas import DenseDelta, LowRankDelta
-from ssam_cli.linalg import Spectrum, consensus_bases, spectra, weighted_sum
+from ssam_cli.consensus.bases import consensus_bases, stacked_spectra as spectra
+from ssam_cli.deltas import weighted_sum
+from ssam_cli.spectra import Spectrum
 
 
 def stacked_singular_values(dense: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,1 @@
+"""SSAM's consensus subspaces: exact (dense), factored (LoRA), randomized (large dense); bases.py picks the route."""
