@@ -32,7 +32,8 @@ from typing import Callable, Iterator
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ssam_cli.writers.safetensors_stream import CODES, StreamingSafetensorsWriter, TensorSpec  # noqa: E402
+from ssam_cli.dtypes import SAFETENSORS_CODES as CODES
+from ssam_cli.writers.safetensors_stream import StreamingSafetensorsWriter, TensorSpec  # noqa: E402
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 MODULES = {  # Llama module → (d_out, d_in) for hidden h and intermediate m

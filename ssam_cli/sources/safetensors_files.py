@@ -7,14 +7,10 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from ssam_cli.dtypes import DTYPE_OF_CODE
 from ssam_cli.errors import InputError
 from ssam_cli.sources.base import TensorInfo
 
-DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
 
 
 class SafetensorsFiles:
@@ -30,7 +26,7 @@ class SafetensorsFiles:
                 if files.get(name) != path:
                     continue
                 sl = handle.get_slice(name)
-                dtype = DTYPES.get(sl.get_dtype())
+                dtype = DTYPE_OF_CODE.get(sl.get_dtype())
                 if dtype is None:
                     raise InputError(f"{path}: tensor {name}: unsupported dtype {sl.get_dtype()}")
                 self.infos[name] = TensorInfo(tuple(sl.get_shape()), dtype)

@@ -15,9 +15,8 @@ from typing import BinaryIO, Optional, Sequence
 
 import torch
 
-CODES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-         torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-         torch.bool: "BOOL"}
+from ssam_cli.dtypes import SAFETENSORS_CODES
+
 CHUNK = 16 << 20  # bytes per read when copying from a file without copy_file_range
 
 
@@ -41,7 +40,7 @@ class StreamingSafetensorsWriter:
         header: dict[str, object] = {"__metadata__": {"format": "pt", **(metadata or {})}}
         offset = 0
         for s in self.specs:
-            header[s.name] = {"dtype": CODES[s.dtype], "shape": list(s.shape), "data_offsets": [offset, offset + s.nbytes]}
+            header[s.name] = {"dtype": SAFETENSORS_CODES[s.dtype], "shape": list(s.shape), "data_offsets": [offset, offset + s.nbytes]}
             offset += s.nbytes
         blob = json.dumps(header, separators=(",", ":")).encode()
         blob += b" " * (-len(blob) % 8)
