@@ -32,3 +32,35 @@ def decaying_lowrank(d_out: int, d_in: int, r: int, decay: float, generator: tor
     V, _ = torch.linalg.qr(torch.randn(d_in, r, generator=generator, dtype=torch.float64))
     s = decay ** torch.arange(r, dtype=torch.float64)
     return (U * s).float(), V.T.contiguous().float()
+
+
+def ties_reference(updates: list[torch.Tensor], density: float, lam: float = 1.0) -> torch.Tensor:
+    """TIES (Yadav et al., Alg. 1) in float64: keep each task's top ⌊density·numel⌋ |τ|, γ = sgn(Σ τ̂),
+    mean of the kept values whose sign is γ."""
+    trimmed = []
+    for t in updates:
+        flat = t.double().flatten()
+        keep = torch.zeros_like(flat)
+        idx = torch.argsort(flat.abs(), descending=True)[: int(density * flat.numel())]
+        keep[idx] = flat[idx]
+        trimmed.append(keep)
+    stacked = torch.stack(trimmed)
+    gamma = torch.sign(stacked.sum(0))
+    agree = (torch.sign(stacked) == gamma) & (stacked != 0)
+    merged = (stacked * agree).sum(0) / agree.sum(0).clamp_min(1)
+    return lam * merged.reshape(updates[0].shape)
+
+
+def core_space_reference(factors: list[tuple[torch.Tensor, torch.Tensor, float]], merge) -> torch.Tensor:
+    """Core Space merging (Panariello et al., 2025) in float64: U_B, V_A orthonormal bases (left singular vectors,
+    cut at the numerical rank) of [s_1B_1 | … | s_nB_n] and [A_1ᵀ | … | A_nᵀ], cores M_i = U_Bᵀ(s_iB_iA_i)V_A,
+    `merge(cores)` on them, mapped back as U_B·M·V_Aᵀ."""
+
+    def basis(X: torch.Tensor) -> torch.Tensor:
+        U, S, _ = torch.linalg.svd(X, full_matrices=False)
+        return U[:, : int((S > S[0] * max(X.shape) * torch.finfo(torch.float32).eps).sum())]
+
+    U = basis(torch.cat([s * B.double() for B, _, s in factors], dim=1))
+    V = basis(torch.cat([A.double().T for _, A, _ in factors], dim=1))
+    cores = [U.T @ (s * B.double() @ A.double()) @ V for B, A, s in factors]
+    return U @ merge(cores) @ V.T

@@ -75,8 +75,24 @@ def test_overrides_apply_by_glob_and_last_match_wins(tmp_path):
     assert down.rank == 16 and down.lam == 0.5
 
 
-def test_defaults():
+def test_defaults(tmp_path):
+    """What a minimal recipe means (docs/recipe.md): every key it leaves out takes its documented default."""
+    r = load_recipe(write(tmp_path, {"base": "./base", "specialists": [{"name": "a", "path": "./a"}],
+                                     "output": {"path": "out"}}))
+    assert (r.method, r.space, r.device, r.seed, r.parameters) == ("ssam", "dense", "auto", 0, {})
+    assert (r.output.format, r.output.dtype, r.output.shard_size, r.output.safetensors) == ("full", "auto", 5 * 10**9,
+                                                                                           False)
+    a = r.specialists[0]
+    assert (a.weight, a.format, a.modality, a.revision, a.encoders) == (1.0, "auto", None, None, {})
+    assert r.base.revision is None
+    assert (r.modules.keep, r.modules.average, r.modules.overrides) == ([], [], [])
+    params = r.method_params("model.layers.0.self_attn.q_proj.weight")
+    assert (params.rank, params.lam, params.exact) == (128, None, False)  # λ None: 1/n, the paper's mean
+
+
+def test_sizes():
     assert parse_size("5GB") == 5 * 10**9 and parse_size("2MiB") == 2 * 2**20 and parse_size(1024) == 1024
+    assert parse_size("1.5 kB") == 1500 and parse_size("3TiB") == 3 * 2**40
 
 
 def test_as_run_records_absolute_paths(tmp_path):

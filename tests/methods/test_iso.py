@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ssam_cli.deltas import DenseDelta, LowRankDelta
@@ -52,10 +53,17 @@ def test_iso_cts_matches_the_definition():
     assert torch.allclose(S, S.mean().expand_as(S), rtol=1e-4)  # isotropic over all 20 directions
 
 
-def test_iso_cts_sizes_add_up_to_the_full_rank():
-    for r, n, f in [(20, 4, 0.8), (7, 3, 0.5), (3, 2, 0.0), (4, 5, 0.8)]:
-        k, s = iso.subspace_sizes(r, n, f)
-        assert k >= 0 and s >= 0 and k + n * s <= r
+@pytest.mark.parametrize("r, n, fraction, sizes", [
+    (20, 4, 0.8, (16, 1)),  # the paper's split: k = ⌊0.8·r⌋, the rest shared out evenly
+    (7, 3, 0.5, (4, 1)),  # k = 7 − round(4/3)·3
+    (16, 2, 0.5, (8, 4)),
+    (10, 3, 0.0, (1, 3)),  # no common share asked: round(10/3) = 3 per task, one direction left over for k
+    (3, 2, 0.0, (1, 1)),  # round(3/2) = 2 per task would need 4 > 3 directions: s = ⌊r/n⌋
+    (4, 5, 0.8, (4, 0)),  # fewer directions than tasks: everything common
+])
+def test_iso_cts_sizes_add_up_to_the_full_rank(r, n, fraction, sizes):
+    k, s = iso.subspace_sizes(r, n, fraction)
+    assert (k, s) == sizes and k + n * s == r
 
 
 def test_iso_c_on_a_rank_deficient_sum_flattens_all_min_d_values():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ssam_cli.deltas import DenseDelta, LowRankDelta
@@ -26,10 +27,22 @@ def test_nonzero_drops_the_null_space_of_a_rank_deficient_update():
     assert thin_svd(LowRankDelta.zero((12, 9))).S.numel() == 0
 
 
-def test_polar_factor_is_orthonormal_and_nearest():
-    X = torch.randn(10, 4, dtype=torch.float64)
+@pytest.mark.parametrize("shape", [(10, 4), (4, 10), (6, 6)])
+def test_polar_factor_is_orthonormal_and_nearest(shape):
+    """P = U Vᵀ for X = U Σ Vᵀ (float64 SVD), equivalently X (XᵀX)^-½: the nearest matrix with orthonormal
+    columns (rows, when wide), so tr(PᵀX) = Σσ beats every other orthonormal Q, QR's included."""
+    g = torch.Generator().manual_seed(sum(shape))
+    X = torch.randn(*shape, generator=g, dtype=torch.float64)
     P = polar_factor(X)
-    assert torch.allclose(P.T @ P, torch.eye(4, dtype=torch.float64), atol=1e-12)
-    # the polar factor maximises tr(Qᵀ X) over matrices with orthonormal columns
-    Q, _ = torch.linalg.qr(X)
-    assert torch.trace(P.T @ X) >= torch.trace(Q.T @ X) - 1e-12
+    U, S, Vh = torch.linalg.svd(X, full_matrices=False)
+    assert torch.allclose(P, U @ Vh, atol=1e-12)
+    small = min(shape)
+    gram = P.T @ P if shape[0] >= shape[1] else P @ P.T
+    assert torch.allclose(gram, torch.eye(small, dtype=torch.float64), atol=1e-12)
+    assert float(torch.trace(P.T @ X)) == pytest.approx(float(S.sum()), rel=1e-12)
+    for _ in range(5):
+        Q, _ = torch.linalg.qr(torch.randn(max(shape), small, generator=g, dtype=torch.float64))
+        Q = Q if shape[0] >= shape[1] else Q.T
+        assert float(torch.trace(Q.T @ X)) < float(S.sum())
+    Q, _ = torch.linalg.qr(X if shape[0] >= shape[1] else X.T)
+    assert float((P - (Q if shape[0] >= shape[1] else Q.T)).norm()) > 0.1  # QR's Q is not the polar factor
