@@ -25,7 +25,9 @@ _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # strict: YAML already gives every value its type, so `rank: true` or `weight: "2"` is a mistake, never a 1 or
+    # a 2.0; allow_inf_nan=False: `.nan` and `.inf` are no weight or scale.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True, allow_inf_nan=False)
 
 
 class ModelRef(_Strict):
@@ -98,6 +100,13 @@ class Recipe(_Strict):
     device: str = "auto"
     seed: int = 0
 
+    @field_validator("path")
+    @classmethod
+    def _names_a_folder(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must name the output folder (e.g. ./merged), got an empty string")
+        return v
+
     # Set by load_recipe, not by the YAML.
     source_file: Path = Field(default=Path("recipe.yaml"), exclude=True)
     source_text: str = Field(default="", exclude=True)  # verbatim, for the manifest and the model card
@@ -140,11 +149,11 @@ class Recipe(_Strict):
 
     def local_path(self, ref: ModelRef) -> Path:
         """The path of a local input, resolved against the recipe's folder."""
-        return (self.folder / Path(ref.path).expanduser()).resolve()
+        return _resolve(self.folder, ref.path)
 
     @property
     def output_path(self) -> Path:
-        return (self.folder / Path(self.output.path).expanduser()).resolve()
+        return _resolve(self.folder, self.output.path)
 
     def method_params(self, tensor_name: Optional[str] = None) -> BaseModel:
         """The method's validated parameters, with the last matching override applied for `tensor_name`."""
@@ -192,14 +201,39 @@ def load_recipe(path: Path) -> Recipe:
     """Read and validate a recipe; any problem is a RecipeError naming the file and the field."""
     label = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_bytes().decode("utf-8")
     except OSError as e:
         raise RecipeError(label, "", f"cannot read: {e.strerror or e}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=RecipeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
+class RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, with two fixes for recipes: a key given twice is an error (PyYAML keeps the last one
+    silently), and `1e-5` is a number as in YAML 1.2 (PyYAML's YAML 1.1 reads it as the string "1e-5")."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *anchor` merges, and explicit keys may override what it brings
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                except TypeError:
+                    continue  # an unhashable key: PyYAML's own error follows
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
         raise RecipeError(label, "", f"not valid YAML{where}: {getattr(e, 'problem', e)}") from None
     if not isinstance(data, dict):
         raise RecipeError(label, "", f"must be a mapping of recipe keys, got {type(data).__name__}")
@@ -207,6 +241,9 @@ def load_recipe(path: Path) -> Recipe:
         recipe = Recipe.model_validate({**data, "source_file": Path(path).resolve(), "source_text": text})
     except ValidationError as e:
         field, message = describe_error(e)
+    except UnicodeDecodeError as e:
+        line = e.object.count(b"\n", 0, e.start) + 1
+        raise RecipeError(label, "", f"not UTF-8 text (byte 0x{e.object[e.start]:02x} on line {line})") from None
         raise RecipeError(label, field, message) from None
     _check_parameters(recipe, label)
     return recipe
@@ -220,10 +257,28 @@ def _check_parameters(recipe: Recipe, label: str) -> None:
         raise RecipeError(label, _join("parameters", field), message) from None
     for i, o in enumerate(recipe.modules.overrides):
         try:
+    _check_paths(recipe, label)
             from ssam_cli.methods import REGISTRY
 
             REGISTRY[recipe.method].params.model_validate({**recipe.parameters, **o.parameters})
         except ValidationError as e:
+def _check_paths(recipe: Recipe, label: str) -> None:
+    """Every path resolves (a symlink loop is named here, not met as a traceback later)."""
+    refs = [("base.path", recipe.base.path), *((f"specialists[{i}].path", s.path)
+                                                for i, s in enumerate(recipe.specialists)),
+            ("output.path", recipe.output.path)]
+    for field, text in refs:
+        try:
+            _resolve(recipe.folder, text)
+        except (OSError, RuntimeError) as e:  # RuntimeError: Python < 3.13's Path.resolve on a symlink loop
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else "symlink loop"
+            raise RecipeError(label, field, f"{text}: cannot resolve the path: {reason}") from None
+
+
+def _resolve(folder: Path, text: str) -> Path:
+    return (folder / Path(text).expanduser()).resolve()
+
+
             field, message = describe_error(e)
             raise RecipeError(label, _join(f"modules.overrides[{i}].parameters", field), message) from None
 
@@ -268,4 +323,6 @@ def _message(err: dict[str, Any]) -> str:
         return f"must be a mapping, got {got!r}"
     if kind == "value_error":
         return str(ctx.get("error", err["msg"]))
+    if kind == "finite_number":
+        return f"must be a finite number, got {got!r}"
     return err["msg"]

@@ -23,7 +23,8 @@ PositiveRank = Annotated[int, AfterValidator(_positive_int)]
 class MethodParams(BaseModel):
     """Base of every method's parameter model: unknown keys are an error, `lambda` is spelled as in papers."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    # strict: a YAML `true` is no rank and `"4"` no number; allow_inf_nan=False: `.nan` or `.inf` is no λ.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, strict=True, allow_inf_nan=False)
 
 
 class ScaledParams(MethodParams):
