@@ -88,6 +88,13 @@ class Output(_Strict):
     def _size(cls, v: Union[int, str]) -> int:
         return parse_size(v)
 
+    @field_validator("path")
+    @classmethod
+    def _names_a_folder(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must name the output folder (e.g. ./merged), got an empty string")
+        return v
+
 
 class Recipe(_Strict):
     method: str = "ssam"
@@ -99,13 +106,6 @@ class Recipe(_Strict):
     output: Output
     device: str = "auto"
     seed: int = 0
-
-    @field_validator("path")
-    @classmethod
-    def _names_a_folder(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("must name the output folder (e.g. ./merged), got an empty string")
-        return v
 
     # Set by load_recipe, not by the YAML.
     source_file: Path = Field(default=Path("recipe.yaml"), exclude=True)
@@ -197,18 +197,6 @@ def parse_size(v: Union[int, str]) -> int:
     return size
 
 
-def load_recipe(path: Path) -> Recipe:
-    """Read and validate a recipe; any problem is a RecipeError naming the file and the field."""
-    label = str(path)
-    try:
-        text = Path(path).read_bytes().decode("utf-8")
-    except OSError as e:
-        raise RecipeError(label, "", f"cannot read: {e.strerror or e}") from None
-    try:
-        data = yaml.load(text, Loader=RecipeLoader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
 class RecipeLoader(yaml.SafeLoader):
     """PyYAML's safe loader, with two fixes for recipes: a key given twice is an error (PyYAML keeps the last one
     silently), and `1e-5` is a number as in YAML 1.2 (PyYAML's YAML 1.1 reads it as the string "1e-5")."""
@@ -234,6 +222,21 @@ RecipeLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
+def load_recipe(path: Path) -> Recipe:
+    """Read and validate a recipe; any problem is a RecipeError naming the file and the field."""
+    label = str(path)
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except OSError as e:
+        raise RecipeError(label, "", f"cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        line = e.object.count(b"\n", 0, e.start) + 1
+        raise RecipeError(label, "", f"not UTF-8 text (byte 0x{e.object[e.start]:02x} on line {line})") from None
+    try:
+        data = yaml.load(text, Loader=RecipeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
         raise RecipeError(label, "", f"not valid YAML{where}: {getattr(e, 'problem', e)}") from None
     if not isinstance(data, dict):
         raise RecipeError(label, "", f"must be a mapping of recipe keys, got {type(data).__name__}")
@@ -241,27 +244,12 @@ RecipeLoader.add_implicit_resolver(
         recipe = Recipe.model_validate({**data, "source_file": Path(path).resolve(), "source_text": text})
     except ValidationError as e:
         field, message = describe_error(e)
-    except UnicodeDecodeError as e:
-        line = e.object.count(b"\n", 0, e.start) + 1
-        raise RecipeError(label, "", f"not UTF-8 text (byte 0x{e.object[e.start]:02x} on line {line})") from None
         raise RecipeError(label, field, message) from None
+    _check_paths(recipe, label)
     _check_parameters(recipe, label)
     return recipe
 
 
-def _check_parameters(recipe: Recipe, label: str) -> None:
-    try:
-        recipe.method_params()
-    except ValidationError as e:
-        field, message = describe_error(e)
-        raise RecipeError(label, _join("parameters", field), message) from None
-    for i, o in enumerate(recipe.modules.overrides):
-        try:
-    _check_paths(recipe, label)
-            from ssam_cli.methods import REGISTRY
-
-            REGISTRY[recipe.method].params.model_validate({**recipe.parameters, **o.parameters})
-        except ValidationError as e:
 def _check_paths(recipe: Recipe, label: str) -> None:
     """Every path resolves (a symlink loop is named here, not met as a traceback later)."""
     refs = [("base.path", recipe.base.path), *((f"specialists[{i}].path", s.path)
@@ -279,6 +267,18 @@ def _resolve(folder: Path, text: str) -> Path:
     return (folder / Path(text).expanduser()).resolve()
 
 
+def _check_parameters(recipe: Recipe, label: str) -> None:
+    try:
+        recipe.method_params()
+    except ValidationError as e:
+        field, message = describe_error(e)
+        raise RecipeError(label, _join("parameters", field), message) from None
+    for i, o in enumerate(recipe.modules.overrides):
+        try:
+            from ssam_cli.methods import REGISTRY
+
+            REGISTRY[recipe.method].params.model_validate({**recipe.parameters, **o.parameters})
+        except ValidationError as e:
             field, message = describe_error(e)
             raise RecipeError(label, _join(f"modules.overrides[{i}].parameters", field), message) from None
 
@@ -311,6 +311,8 @@ def _message(err: dict[str, Any]) -> str:
         return f"must be an integer, got {got!r}"
     if kind in ("float_type", "float_parsing"):
         return f"must be a number, got {got!r}"
+    if kind == "finite_number":
+        return f"must be a finite number, got {got!r}"
     if kind in ("bool_type", "bool_parsing"):
         return f"must be true or false, got {got!r}"
     if kind == "literal_error":
@@ -323,6 +325,4 @@ def _message(err: dict[str, Any]) -> str:
         return f"must be a mapping, got {got!r}"
     if kind == "value_error":
         return str(ctx.get("error", err["msg"]))
-    if kind == "finite_number":
-        return f"must be a finite number, got {got!r}"
     return err["msg"]
