@@ -1,5 +1,8 @@
 """Every method end to end through the CLI on tiny checkpoints, LoRA and full specialists: the written
-checkpoint loads in transformers, and each merged weight is base + the method applied to the true updates."""
+checkpoint loads in transformers, and each merged weight is base + the method applied to the true updates.
+
+The true updates come from the fixture's files (tests.fixtures.tiny.known_update / known_factors: safetensors
+itself and s = alpha/r), never from ssam_cli's readers, so a reading bug cannot cancel out of the comparison."""
 
 from __future__ import annotations
 
@@ -11,15 +14,15 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from ssam_cli import engine
 from ssam_cli.cli import app
-from ssam_cli.deltas import Delta, DenseDelta
-from ssam_cli.engine import tensor_seed
+from ssam_cli.deltas import Delta, DenseDelta, LowRankDelta
+from ssam_cli.seeds import tensor_seed
 from ssam_cli.methods import REGISTRY
 from ssam_cli.methods.base import MergeContext
 from ssam_cli.sources import open_source
-from tests.fixtures.tiny import make_base, make_full_specialist, make_lora_specialist, write_recipe
-from tests.reference import rel_err
+from tests.fixtures.tiny import (known_factors, known_update, make_base, make_full_specialist, make_lora_specialist,
+                                 write_recipe)
+from tests.reference import core_space_reference, rel_err, ties_reference
 
 Q = "model.layers.1.self_attn.q_proj.weight"
 FAST = {"wudi": {"iterations": 40}, "optmerge": {"iterations": 40}}
@@ -41,12 +44,13 @@ def cli(*args: str):
 
 
 def true_deltas(root: Path, names: list[str], tensor: str) -> tuple[torch.Tensor, list[Delta]]:
-    """The base value and each specialist's update as the engine hands it over (factored for LoRA)."""
-    base = open_source(root / "base").read(tensor)
+    """The base value and each specialist's update from the fixture's files: factored (B, A, alpha/r) for an
+    adapter, W_i − W_0 for a full fine-tune."""
+    base = load_file(str(root / "base" / "model.safetensors"))[tensor]
     out: list[Delta] = []
     for n in names:
-        src = open_source(root / n)
-        out.append(src.read_lowrank(tensor) if tensor in src.lowrank else DenseDelta(src.read(tensor) - base))
+        pair = known_factors(root / n, tensor) if (root / n / "adapter_config.json").is_file() else None
+        out.append(LowRankDelta(*pair) if pair else DenseDelta(known_update(root / n, tensor, root / "base").float()))
     return base, out
 
 
@@ -69,6 +73,8 @@ def test_method_merges_end_to_end(zoo, method, kind):
 
     base, deltas = true_deltas(zoo, names, Q)
     spec = REGISTRY[method]
+    # the method itself is checked against float64 references in tests/methods; the seed rule end to end in
+    # tests/test_weights_and_seed.py: here the pipeline must hand the method the true updates
     ctx = MergeContext(Q, len(names), torch.device("cpu"), torch.Generator().manual_seed(tensor_seed(0, Q)))
     expected = spec.merge(deltas, [1.0] * len(names), spec.params.model_validate(params), ctx)
     assert rel_err(merged[Q] - base, expected.delta.dense()) < 1e-5
@@ -83,10 +89,16 @@ def test_a_baseline_output_loads_in_transformers(zoo, kind):
     if not folder.exists():
         test_method_merges_end_to_end(zoo, "ties", kind)
 
-    model = LlamaForCausalLM.from_pretrained(folder)
+    model, info = LlamaForCausalLM.from_pretrained(folder, output_loading_info=True)
+    assert not any(info.values()), info  # nothing missing (randomly initialised), unexpected or mismatched
+    written = load_file(str(folder / "model.safetensors"))
+    state = model.state_dict()
+    assert set(state) == set(written) and all(torch.equal(state[k], written[k]) for k in written)
+    base = LlamaForCausalLM.from_pretrained(zoo / "base")
+    tokens = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
-        logits = model(torch.tensor([[1, 2, 3, 4]])).logits
-    assert torch.isfinite(logits).all()
+        logits, base_logits = model(tokens).logits, base(tokens).logits
+    assert torch.isfinite(logits).all() and not torch.allclose(logits, base_logits, atol=1e-4)
 
 
 def test_methods_command_lists_every_method_and_parameter():
@@ -102,11 +114,30 @@ def test_methods_command_lists_every_method_and_parameter():
 def test_space_is_recorded_and_core_space_writes_a_lora_adapter(zoo, space):
     out = f"out-ties-{space}"
     recipe = write_recipe(zoo / f"{out}.yaml", Path("base"), [("la", Path("la")), ("lb", Path("lb"))], method="ties",
-                          space=space, output={"path": out, "format": "lora" if space == "core" else "full"})
+                          space=space, output={"path": out, "format": "lora" if space == "core" else "full",
+                                               "dtype": "float32"})
     result = cli("merge", str(recipe), "-q", "--overwrite")
     assert result.exit_code == 0, result.output
     manifest = json.loads((zoo / out / "manifest.json").read_text())
     assert manifest["tensors"][Q]["space"] == space
+    base = load_file(str(zoo / "base" / "model.safetensors"))[Q].double()
+    if space == "dense":
+        got = load_file(str(zoo / out / "model.safetensors"))[Q].double()
+        want = ties_reference([known_update(zoo / n, Q, zoo / "base") for n in ("la", "lb")], 0.2)
+    else:
+        got = peft_merged(zoo / "base", zoo / out)[Q].double()
+        want = core_space_reference([known_factors(zoo / n, Q) for n in ("la", "lb")],
+                                    lambda cores: ties_reference(cores, 0.2))
+    assert rel_err(got - base, want) < 1e-5
+
+
+def peft_merged(base: Path, adapter: Path) -> dict[str, torch.Tensor]:
+    """The base model with the adapter applied by PEFT itself (the tool that reads it), as a state dict."""
+    from peft import PeftModel
+    from transformers import LlamaForCausalLM
+
+    model = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(base), adapter)
+    return {k: v.float() for k, v in model.merge_and_unload().state_dict().items()}
 
 
 def direct_global_ties(updates: dict[str, list[torch.Tensor]], density: float, lam: float
