@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Callable, Iterator, Optional, Protocol, Sequence
+from typing import Annotated, Any, Callable, Iterator, Literal, Optional, Protocol, Sequence, Union
 
 import torch
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -31,6 +31,17 @@ class ScaledParams(MethodParams):
     """Parameters of a method whose paper scales the merged vector by λ (None: the method's default)."""
 
     lam: Optional[float] = Field(default=None, alias="lambda", description="scale of the merged vector")
+
+
+AUTO = "auto"
+
+
+class AutoScaledParams(ScaledParams):
+    """A scaled method that also takes `lambda: auto`, the data-free rule of auto_lambda (docs/methods.md)."""
+
+    lam: Optional[Union[float, Literal["auto"]]] = Field(
+        default=None, alias="lambda",
+        description="scale of the merged vector, or auto: min(1, Σ‖PΔ_i‖² / ‖Σ PΔ_i‖²) per weight")
 
 
 @dataclass
@@ -106,6 +117,20 @@ class MethodSpec:
     exact_on_factors: bool = False
     lowrank_when: Optional[Callable[[Any], bool]] = None  # params → low-rank output, where it depends on them
     prepass: Optional[Prepass] = None
+
+
+def auto_lambda(own_energy: float, merged_energy: float) -> float:
+    """`lambda: auto`: λ = min(1, Σ_i ‖PΔ_i‖²_F / ‖Σ_i PΔ_i‖²_F) for one weight, from the (weighted) updates alone.
+
+    P is the method's map before scaling (identity for task arithmetic, the consensus projection for SSAM).
+    It is the λ at which the merged update λ·ΣPΔ_i holds, summed over specialists, each one's own update at full
+    strength: Σ_i ⟨λ ΣPΔ_j, PΔ_i⟩ = Σ_i ‖PΔ_i‖². So λ = 1/(1 + (n−1)ρ) with ρ the energy-weighted mean pairwise
+    alignment ⟨PΔ_i, PΔ_j⟩: 1 (a plain sum) for orthogonal updates, 1/n (the mean) for identical ones, and
+    never below 1/n (Cauchy–Schwarz). It is capped at 1, so opposed updates are not amplified; a zero merged
+    update gets 1 (there is nothing to scale)."""
+    if merged_energy <= 0.0:
+        return 1.0
+    return min(1.0, own_energy / merged_energy)
 
 
 def resolve_lambda(lam: Optional[float], n: int, default_is_mean: bool) -> float:

@@ -14,7 +14,8 @@ from pydantic import Field
 from ssam_cli.consensus.bases import ConsensusBases, consensus_bases, cut_bases, project_sum
 from ssam_cli.consensus.randomized import RandomizedSpectrum, randomized_spectra
 from ssam_cli.deltas import Delta, LowRankDelta, all_lowrank, frobenius_norm, weighted_sum
-from ssam_cli.methods.base import MergeContext, MergeResult, MethodSpec, PositiveRank, ScaledParams, resolve_lambda
+from ssam_cli.methods.base import (AUTO, AutoScaledParams, MergeContext, MergeResult, MethodSpec, PositiveRank,
+                                   auto_lambda, resolve_lambda)
 
 
 # Dense weights with min(d_out, d_in) from here on get randomized consensus bases: measured crossover against the
@@ -22,8 +23,9 @@ from ssam_cli.methods.base import MergeContext, MergeResult, MethodSpec, Positiv
 RANDOMIZED_FROM = 2048
 
 
-class SsamParams(ScaledParams):
-    """k, the consensus subspace rank (paper: 128), λ (paper: 1/n), and `exact` to refuse the randomized bases."""
+class SsamParams(AutoScaledParams):
+    """k, the consensus subspace rank (paper: 128), λ (paper: 1/n; or auto), and `exact` to refuse the randomized
+    bases."""
 
     rank: PositiveRank = 128
     exact: bool = Field(default=False, description="dense updates: exact consensus bases even for large weights "
@@ -31,7 +33,6 @@ class SsamParams(ScaledParams):
 
 
 def merge(deltas: Sequence[Delta], weights: Sequence[float], params: SsamParams, ctx: MergeContext) -> MergeResult:
-    lam = resolve_lambda(params.lam, ctx.n_specialists, default_is_mean=True)
     weighted = [d.scaled(w) for d, w in zip(deltas, weights)]
     bases, route = _bases(weighted, params, ctx)
     U, V = bases.U, bases.V
@@ -40,6 +41,10 @@ def merge(deltas: Sequence[Delta], weights: Sequence[float], params: SsamParams,
     else:
         C = project_sum(weighted, U, V)
         norm_sum = frobenius_norm(weighted_sum(weighted, [1.0] * len(weighted)))
+    if params.lam == AUTO:
+        lam = _auto_lambda(weighted, U, V, C)
+    else:
+        lam = resolve_lambda(params.lam, ctx.n_specialists, default_is_mean=True)
     if V.shape[1] <= U.shape[1]:
         merged = LowRankDelta((U @ C) * lam, V.T.contiguous())
     else:
@@ -59,6 +64,13 @@ def merge(deltas: Sequence[Delta], weights: Sequence[float], params: SsamParams,
         "norm_merged": abs(lam) * float(torch.linalg.vector_norm(C.double())),  # U_c, V_c orthonormal
     }
     return MergeResult(merged, stats, bases if route == "factored" else None)
+
+
+def _auto_lambda(weighted: Sequence[Delta], U: torch.Tensor, V: torch.Tensor, C: torch.Tensor) -> float:
+    """`lambda: auto` with P the consensus projection: ‖PΔ_i‖_F = ‖U_cᵀΔ_iV_c‖_F (orthonormal bases), so the
+    rule needs one k × k projection per specialist and C = U_cᵀSV_c, which merge has already."""
+    own = sum(float(torch.linalg.vector_norm(project_sum([d], U, V).double())) ** 2 for d in weighted)
+    return auto_lambda(own, float(torch.linalg.vector_norm(C.double())) ** 2)
 
 
 def _bases(weighted: Sequence[Delta], params: SsamParams, ctx: MergeContext) -> tuple[ConsensusBases, str]:

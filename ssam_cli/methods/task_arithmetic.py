@@ -5,15 +5,19 @@ from __future__ import annotations
 from typing import Sequence
 
 from ssam_cli.deltas import Delta, frobenius_norm, weighted_sum
-from ssam_cli.methods.base import MergeContext, MergeResult, MethodSpec, ScaledParams, resolve_lambda
+from ssam_cli.methods.base import AUTO, AutoScaledParams, MergeContext, MergeResult, MethodSpec, auto_lambda, resolve_lambda
 
 
-class TaskArithmeticParams(ScaledParams):
-    """λ, the scale of the summed task vectors (default 1)."""
+class TaskArithmeticParams(AutoScaledParams):
+    """λ, the scale of the summed task vectors (default 1; or auto)."""
 
 
 def merge(deltas: Sequence[Delta], weights: Sequence[float], params: TaskArithmeticParams, ctx: MergeContext) -> MergeResult:
-    lam = resolve_lambda(params.lam, ctx.n_specialists, default_is_mean=False)
+    if params.lam == AUTO:  # P = identity: Σ‖w_iΔ_i‖² against ‖S‖², each through the factors' Grams when low-rank
+        own = sum(frobenius_norm(d.scaled(w)) ** 2 for d, w in zip(deltas, weights))
+        lam = auto_lambda(own, frobenius_norm(weighted_sum(deltas, list(weights))) ** 2)
+    else:
+        lam = resolve_lambda(params.lam, ctx.n_specialists, default_is_mean=False)
     merged = weighted_sum(deltas, [w * lam for w in weights])
     return MergeResult(merged, {"lambda": lam, "norm_merged": frobenius_norm(merged)})
 

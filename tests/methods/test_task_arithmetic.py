@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ssam_cli.deltas import DenseDelta
 from ssam_cli.methods import task_arithmetic
 from tests.methods.helpers import dense_deltas, lora_deltas, run
 
@@ -24,3 +25,29 @@ def test_lora_sum_stays_factored_and_exact():
     ref = 0.5 * sum(d.dense().double() for d in deltas)
     assert got.delta.rank == 6
     assert torch.allclose(got.delta.dense().double(), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["lora", "dense"])
+def test_auto_lambda_matches_its_float64_definition(kind):
+    """`lambda: auto` = min(1, Σ‖w_iΔ_i‖² / ‖Σ w_iΔ_i‖²) (docs/methods.md); reference in float64 from the dense
+    updates. Tolerance 1e-5 relative (float32 inputs)."""
+    g = torch.Generator().manual_seed(8)
+    common = torch.randn(9, 7, generator=g, dtype=torch.float64)
+    deltas = lora_deltas((9, 7), 3, r=2, seed=9) if kind == "lora" else \
+        [DenseDelta((common + 0.7 * torch.randn(9, 7, generator=g, dtype=torch.float64)).float()) for _ in range(3)]
+    weights = [1.0, 0.5, 2.0]
+    got = run(task_arithmetic.SPEC, deltas, {"lambda": "auto"}, weights=weights)
+    weighted = [d.dense().double() * w for d, w in zip(deltas, weights)]
+    total = sum(weighted)
+    lam = min(1.0, sum(float(x.norm()) ** 2 for x in weighted) / float(total.norm()) ** 2)
+    assert got.stats["lambda"] == pytest.approx(lam, rel=1e-5)
+    assert float((got.delta.dense().double() - lam * total).norm() / (lam * total).norm()) < 1e-5
+    if kind == "dense":
+        assert 1 / 3 < lam < 0.9  # correlated updates: strictly between the mean and the sum
+
+
+def test_auto_lambda_is_one_over_n_for_identical_updates():
+    d = dense_deltas((6, 5), 1, seed=2)[0]
+    got = run(task_arithmetic.SPEC, [d, d, d, d], {"lambda": "auto"})
+    assert got.stats["lambda"] == pytest.approx(0.25, rel=1e-6)
+    assert torch.allclose(got.delta.dense(), d.tensor, atol=1e-6)
