@@ -44,23 +44,69 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def main() -> None:
-    """Run the app; a UserError becomes one line on stderr and exit code 2, never a traceback."""
-    from ssam_cli.errors import UserError
+    """Run the app. A UserError or an OS error becomes one line on stderr and exit code 2, a usage error click's
+    message and exit code 2, SIGINT or SIGTERM one line and exit code 128 + the signal (130 for Ctrl-C) after the
+    temporary output is removed; never a traceback for any of them."""
+    from ssam_cli.errors import Interrupted, UserError, describe_os_error
 
+    _on_signals_unwind()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        _fail(f"error: {e}", e.exit_code)
+    except Interrupted as e:
+        _fail(f"interrupted ({e}): stopped; any partial output was removed", e.exit_code)
     except (typer.Abort, KeyboardInterrupt):
-        print("interrupted: nothing was written", file=sys.stderr)
-        sys.exit(130)
+        _fail("interrupted: stopped; any partial output was removed", 130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except Exception as e:  # click usage errors carry their own exit code and message
-        import click
-
-        if isinstance(e, click.ClickException):
+    except OSError as e:
+        _fail(f"error: {describe_os_error(e)}", UserError.exit_code)
+    except Exception as e:
+        if isinstance(e, _click_exceptions()):  # usage errors: click's message and exit code (2)
             e.show()
             sys.exit(e.exit_code)
         raise
+    sys.exit(code if isinstance(code, int) else 0)  # Typer returns the code of a typer.Exit raised in a command
+
+
+def _fail(line: str, code: int) -> None:
+    print(line.splitlines()[0] if line else line, file=sys.stderr)
+    sys.exit(code)
+
+
+def _click_exceptions() -> tuple[type, ...]:
+    """Click's exception class, and the vendored copy recent Typer versions raise instead."""
+    found: list[type] = []
+    try:
+        from typer._click.exceptions import ClickException as Vendored
+
+        found.append(Vendored)
+    except ImportError:
+        pass
+    try:
+        import click
+
+        found.append(click.ClickException)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+def _on_signals_unwind() -> None:
+    """SIGINT and SIGTERM raise Interrupted in the main thread, so `with` blocks unwind and remove the temporary
+    output; a second signal while unwinding exits at once (the next run removes what is left, and says so)."""
+    import os
+    import signal
+
+    from ssam_cli.errors import Interrupted
+
+    def handler(signum: int, frame: object) -> None:
+        if getattr(handler, "fired", False):
+            print(f"interrupted again ({signal.Signals(signum).name}): exiting now", file=sys.stderr)
+            os._exit(128 + signum)
+        handler.fired = True  # type: ignore[attr-defined]
+        raise Interrupted(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, handler)

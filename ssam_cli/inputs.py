@@ -31,7 +31,7 @@ def _open(recipe: Recipe, ref: ModelRef, field: str, format: str = "auto",
           encoders: Optional[Mapping[str, str]] = None) -> tuple[Source, Resolved]:
     where = str(recipe.source_file)
     try:
-        resolved = resolve(ref.path, ref.revision, recipe.folder, patterns_for(format))
+        resolved = resolve(ref.path, ref.revision, recipe.folder, patterns_for(format), subfolder=ref.subfolder)
     except InputError as e:
         raise RecipeError(where, field, str(e)) from None
     try:

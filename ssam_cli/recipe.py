@@ -31,10 +31,12 @@ class _Strict(BaseModel):
 
 
 class ModelRef(_Strict):
-    """A checkpoint: a local folder (relative to the recipe) or a Hub repo id, with an optional revision."""
+    """A checkpoint: a local folder (relative to the recipe) or a Hub repo id, with an optional revision, and
+    optionally a folder inside it (`subfolder:`, as transformers' `from_pretrained(..., subfolder=...)`)."""
 
     path: str
     revision: Optional[str] = None
+    subfolder: Optional[str] = None
 
     @field_validator("path")
     @classmethod
@@ -42,6 +44,16 @@ class ModelRef(_Strict):
         if not v.strip():
             raise ValueError("must be a folder or a Hub repo id, got an empty string")
         return v
+
+    @field_validator("subfolder")
+    @classmethod
+    def _relative_folder(cls, v: Optional[str]) -> Optional[str]:
+        if v is None:
+            return v
+        parts = v.rstrip("/").split("/")
+        if "\\" in v or v.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"must be a folder inside the repo or folder, like vision-damc or a/b, got {v!r}")
+        return v.rstrip("/")
 
 
 class Specialist(ModelRef):

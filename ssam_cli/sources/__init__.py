@@ -16,7 +16,8 @@ __all__ = ["open_source", "Source", "TensorInfo", "LowRankInfo"]
 
 def open_source(path: Path, format: str = "auto", encoders: Optional[Mapping[str, str]] = None) -> Source:
     """`format: auto` recognises a ModelCompose specialist by adapter_model.bin beside a config.json of model_type
-    multimodal (or with a lora_strategy), a PEFT adapter by adapter_config.json, a full checkpoint by its safetensors.
+    multimodal (or with a lora_strategy), a PEFT adapter by adapter_config.json, a full checkpoint by its weights
+    (safetensors, else torch zip-format `.bin`).
     `encoders` replaces encoder paths in a ModelCompose config (the recipe's `encoders:`)."""
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
@@ -29,5 +30,5 @@ def open_source(path: Path, format: str = "auto", encoders: Optional[Mapping[str
     if format == "full" or (format == "auto" and is_full_checkpoint(path)):
         return FullCheckpoint(path)
     raise InputError(f"{path}: not a checkpoint ssam reads: expected model.safetensors, "
-                     "model.safetensors.index.json, adapter_config.json, "
-                     "or config.json + adapter_model.bin (ModelCompose)")
+                     "model.safetensors.index.json, pytorch_model.bin, pytorch_model.bin.index.json, "
+                     "adapter_config.json, or config.json + adapter_model.bin (ModelCompose)")

@@ -19,6 +19,7 @@ from ssam_cli.deltas import LowRankDelta
 from ssam_cli.errors import InputError
 from ssam_cli.sources.base import LowRankInfo, Source, TensorInfo
 from ssam_cli.sources.safetensors_files import SafetensorsFiles
+from ssam_cli.sources.torch_bin import load_tensor_dict
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -160,11 +161,5 @@ class LoraAdapter(Source):
 
 
 def load_tensor_pickle(path: Path) -> dict[str, torch.Tensor]:
-    """A torch pickle holding only a dict of tensors; anything else is refused, never executed."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # weights_only raises UnpicklingError for any non-tensor object
-        raise InputError(f"{path}: refused to load: not a plain dict of tensors ({str(e).splitlines()[0]})") from None
-    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-        raise InputError(f"{path}: refused to load: expected a dict of name → tensor")
-    return obj
+    """A torch pickle holding only a dict of tensors; anything else is refused, never executed (torch_bin's rule)."""
+    return load_tensor_dict(path, allow_legacy=True)

@@ -9,7 +9,8 @@ with ETag, X-Repo-Commit and Content-Length). Xet is not implemented: tests disa
 the library's LFS path.
 
 Test hooks: `tokens` (valid bearer tokens; an unknown one gets 401 as on the Hub), `fail(method, prefix, *codes)`
-(answer the next matching requests with these status codes), `requests` (every request seen) and `lfs_puts`.
+(answer the next matching requests with these status codes), `requests` (every request seen), `lfs_puts`, and
+`served` / `downloaded(repo_id)` (the file bodies sent by GET, with their sizes).
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class FakeHub:
         self.tokens: set[str] = set()
         self.requests: list[Seen] = []
         self.lfs_puts: list[str] = []
+        self.served: list[tuple[str, str, int]] = []  # (repo id, path in the repo, bytes) per file body sent
         self._failures: list[tuple[str, str, int]] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -110,6 +112,14 @@ class FakeHub:
 
     def head(self, repo_id: str, revision: str = "main") -> str:
         return self.repos[repo_id].commit_of(revision)
+
+    def downloaded(self, repo_id: str) -> dict[str, int]:
+        """Path in the repo → bytes sent, for every file of `repo_id` whose body was sent (HEAD requests excluded)."""
+        out: dict[str, int] = {}
+        for repo, path, size in self.served:
+            if repo == repo_id:
+                out[path] = out.get(path, 0) + size
+        return out
 
     def count(self, method: str, path_part: str) -> int:
         return sum(1 for r in self.requests if r.method == method and path_part in r.path)
@@ -308,6 +318,8 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if f.lfs:
                 headers["X-Linked-Etag"] = f'"{f.oid}"'
                 headers["X-Linked-Size"] = str(len(f.data))
+            if self.command == "GET":
+                hub.served.append((repo_id, path, len(f.data)))
             self._send(200, f.data, headers)
 
         def _validate_yaml(self, payload: dict) -> None:

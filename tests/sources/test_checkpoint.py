@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -64,3 +66,69 @@ def test_headers_only_no_data_read(tmp_path, monkeypatch):
     src = open_source(tmp_path / "m")
     assert len(src.tensors) > 0 and calls == []
     assert load_file(str(tmp_path / "m" / "model.safetensors"))  # sanity: the file is real
+
+
+INDEXES = {"safetensors": "model.safetensors.index.json", "bin": "pytorch_model.bin.index.json"}
+
+
+def sharded(tmp_path, kind):
+    """A 2-shard base of either kind, and its index."""
+    folder = make_base(tmp_path / "m", shards=2)
+    if kind == "bin":
+        for shard in folder.glob("model-*.safetensors"):
+            torch.save(load_file(str(shard)), shard.with_name(shard.name.replace("model-", "pytorch_model-")
+                                                                .replace(".safetensors", ".bin")))
+            shard.unlink()
+        index = folder / INDEXES["safetensors"]
+        index.rename(folder / INDEXES["bin"])
+        text = (folder / INDEXES["bin"]).read_text().replace('"model-', '"pytorch_model-').replace(".safetensors", ".bin")
+        (folder / INDEXES["bin"]).write_text(text)
+    return folder, folder / INDEXES[kind]
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "bin"])
+def test_either_index_kind_reads(tmp_path, kind):
+    folder, index = sharded(tmp_path, kind)
+    src = open_source(folder)
+    assert set(src.tensors) == set(base_tensors(2)) and index in src.files()
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "bin"])
+@pytest.mark.parametrize("shard", ["../other/model.safetensors", "../../etc/passwd", "/etc/passwd", "a/../../x",
+                                   "..\\x.bin", ""])
+def test_an_index_naming_a_shard_outside_the_folder_is_refused_before_opening_it(tmp_path, kind, shard):
+    folder, index = sharded(tmp_path, kind)
+    outside = tmp_path / "other"
+    make_base(outside)  # a readable checkpoint next door: must not be read silently
+    data = json.loads(index.read_text())
+    data["weight_map"]["model.norm.weight"] = shard
+    index.write_text(json.dumps(data))
+    with pytest.raises(InputError) as e:
+        open_source(folder)
+    message = str(e.value)
+    assert message.startswith(f"{index}: weight_map: model.norm.weight: shard ") and "not a file inside" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "bin"])
+@pytest.mark.parametrize("text, expected", [
+    ('{"weight_map": ["model-00001-of-00002.safetensors"]}', "weight_map: expected an object of tensor name → shard "
+                                                             "file, got list"),
+    ('{"weight_map": {"model.norm.weight": 3}}', "weight_map: model.norm.weight: expected a shard file name, got 3"),
+    ('{"metadata": {}}', "weight_map: expected an object of tensor name → shard file, got nothing"),
+    ('[1, 2]', "weight_map: expected an object"),
+    ('{"weight_map": ', "not a readable JSON index"),
+])
+def test_a_malformed_index_is_one_line_naming_the_file(tmp_path, kind, text, expected):
+    folder, index = sharded(tmp_path, kind)
+    index.write_text(text)
+    with pytest.raises(InputError) as e:
+        open_source(folder)
+    assert str(e.value).startswith(f"{index}: ") and expected in str(e.value) and "\n" not in str(e.value)
+
+
+def test_an_index_naming_a_missing_shard_is_named(tmp_path):
+    folder, index = sharded(tmp_path, "safetensors")
+    (folder / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(InputError, match="weight_map names model-00002-of-00002.safetensors, which is not in"):
+        open_source(folder)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from huggingface_hub import constants
 
 from ssam_cli.errors import InputError
@@ -169,8 +170,108 @@ def test_a_hub_that_fails_is_a_one_line_error(tmp_path: Path, fake_hub: FakeHub)
 
 
 def test_patterns_per_format_never_include_other_checkpoints():
-    for fmt in ("auto", "full", "lora"):
+    for fmt in ("auto", "full", "lora", "modelcompose"):
         patterns = patterns_for(fmt)
-        assert "*.bin" not in patterns and "*.pt" not in patterns
-    assert "adapter_config.json" in patterns_for("lora") and "*.safetensors" in patterns_for("full")
+        assert "*.bin" not in patterns and "*.pt" not in patterns and "*.safetensors" not in patterns
+    assert "adapter_config.json" in patterns_for("lora") and "pytorch_model.bin" not in patterns_for("lora")
+    assert {"model.safetensors", "model-*.safetensors", "pytorch_model-*.bin", "pytorch_model.bin.index.json"} <= \
+        set(patterns_for("full")) <= set(patterns_for("auto"))
     assert patterns_for("unknown") == patterns_for("auto")
+
+
+SAFETENSORS = {"model.safetensors.index.json": b'{"weight_map": {}}', "model-00001-of-00002.safetensors": b"s1",
+               "model-00002-of-00002.safetensors": b"s2"}
+BIN = {"pytorch_model.bin.index.json": b'{"weight_map": {}}', "pytorch_model-00001-of-00002.bin": b"b1",
+       "pytorch_model-00002-of-00002.bin": b"b2"}
+OTHER_WEIGHTS = {"consolidated.safetensors": b"c", "optimizer.bin": b"o", "checkpoint-9/model.safetensors": b"n"}
+
+
+def local_files(r: Resolved) -> dict[str, bytes]:
+    return {p.relative_to(r.local_path).as_posix(): p.read_bytes() for p in r.local_path.rglob("*") if p.is_file()}
+
+
+def test_a_bin_sharded_repo_gets_its_shards_and_index_and_nothing_else(tmp_path: Path, fake_hub: FakeHub):
+    fake_hub.create("lmsys/tiny-vicuna", {**BIN, **OTHER_WEIGHTS, "config.json": b"{}"})
+    r = resolve("lmsys/tiny-vicuna", None, tmp_path, patterns_for("full"))
+    assert local_files(r) == {**BIN, "config.json": b"{}"}
+    assert set(fake_hub.downloaded("lmsys/tiny-vicuna")) == set(BIN) | {"config.json"}
+
+
+@pytest.mark.parametrize("fmt", ["full", "auto"])
+def test_safetensors_are_preferred_and_the_bin_weights_never_downloaded(fmt, tmp_path: Path, fake_hub: FakeHub):
+    fake_hub.create("org/both", {**SAFETENSORS, **BIN, "config.json": b"{}"})
+    r = resolve("org/both", None, tmp_path, patterns_for(fmt))
+    assert local_files(r) == {**SAFETENSORS, "config.json": b"{}"}
+    served = fake_hub.downloaded("org/both")
+    assert not any(p.endswith(".bin") or p in BIN for p in served)
+    assert sum(served.values()) == sum(len(v) for v in SAFETENSORS.values()) + 2  # bytes: no .bin shard body sent
+
+
+def test_a_lora_input_never_downloads_full_weights(tmp_path: Path, fake_hub: FakeHub):
+    fake_hub.create("org/mixed", {**ADAPTER_FILES, **BIN})
+    assert local_files(resolve("org/mixed", None, tmp_path, patterns_for("lora"))) == ADAPTER_FILES
+
+
+def test_offline_after_preferring_safetensors_reuses_the_cache(tmp_path: Path, fake_hub: FakeHub,
+                                                              monkeypatch: pytest.MonkeyPatch):
+    commit = fake_hub.create("org/both", {**SAFETENSORS, **BIN})
+    online = resolve("org/both", None, tmp_path, patterns_for("full"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    seen = len(fake_hub.requests)
+    offline = resolve("org/both", None, tmp_path, patterns_for("full"))
+    assert offline == online and offline.commit == commit and len(fake_hub.requests) == seen
+
+
+def test_an_incomplete_cache_offline_is_one_line(tmp_path: Path, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch):
+    fake_hub.create("org/m", {**BIN, "config.json": b"{}"})
+    r = resolve("org/m", None, tmp_path, patterns_for("full"))
+    (r.local_path / "pytorch_model-00002-of-00002.bin").unlink()  # as an interrupted download leaves it
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(InputError) as e:
+        resolve("org/m", None, tmp_path, patterns_for("full"))
+    assert "cached download is incomplete" in str(e.value) and "\n" not in str(e.value)
+
+
+COMPOSE = {"README.md": b"# all specialists", "vision-damc/config.json": b'{"v": 1}',
+           "vision-damc/adapter_model.bin": b"v", "audio-damc/config.json": b'{"a": 1}',
+           "audio-damc/adapter_model.bin": b"a", "vision-damc/checkpoint-5/adapter_model.bin": b"old"}
+
+
+def test_a_subfolder_fetches_only_that_folders_files_and_is_recorded(tmp_path: Path, fake_hub: FakeHub):
+    commit = fake_hub.create("Adu2021/compose", COMPOSE)
+    r = resolve("Adu2021/compose", None, tmp_path, patterns_for("modelcompose"), subfolder="vision-damc")
+    assert (r.repo_id, r.subfolder, r.commit) == ("Adu2021/compose", "vision-damc", commit)
+    assert r.local_path.name == "vision-damc" and r.local_path.parent.name == commit
+    assert local_files(r) == {"config.json": b'{"v": 1}', "adapter_model.bin": b"v"}
+    assert set(fake_hub.downloaded("Adu2021/compose")) == {"vision-damc/config.json", "vision-damc/adapter_model.bin"}
+
+
+def test_a_missing_subfolder_is_named(tmp_path: Path, fake_hub: FakeHub):
+    fake_hub.create("Adu2021/compose", COMPOSE)
+    with pytest.raises(InputError, match="holds none of the files ssam reads in subfolder 'video-damc'"):
+        resolve("Adu2021/compose", None, tmp_path, patterns_for("modelcompose"), subfolder="video-damc")
+
+
+def test_a_local_path_with_a_subfolder_is_that_folder(tmp_path: Path):
+    (tmp_path / "compose" / "vision-damc").mkdir(parents=True)
+    r = resolve("compose", None, tmp_path, subfolder="vision-damc")
+    assert r == Resolved((tmp_path / "compose" / "vision-damc").resolve(), subfolder="vision-damc")
+    with pytest.raises(InputError, match="subfolder 'audio': no such folder in"):
+        resolve("compose", None, tmp_path, subfolder="audio")
+
+
+@pytest.mark.parametrize("subfolder, ok", [("vision-damc", "vision-damc"), ("a/b/", "a/b"), ("../up", None),
+                                           ("/abs", None), ("a//b", None), (".", None), ("a\\b", None),
+                                           ("", None)])
+def test_the_subfolder_field_is_a_folder_inside_the_input(subfolder, ok, tmp_path: Path):
+    from ssam_cli.errors import RecipeError
+    from ssam_cli.recipe import load_recipe
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"method": "ssam", "base": {"path": "org/base", "subfolder": subfolder},
+                                      "specialists": [{"name": "a", "path": "org/a"}], "output": {"path": "out"}}))
+    if ok is None:
+        with pytest.raises(RecipeError, match="base.subfolder"):
+            load_recipe(recipe)
+    else:
+        assert load_recipe(recipe).base.subfolder == ok
