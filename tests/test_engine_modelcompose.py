@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from ssam_cli.engine import prepare, run_merge
 from ssam_cli.errors import UserError
 from ssam_cli.recipe import load_recipe
 from ssam_cli.sources.modelcompose import load_tensor_dict
-from tests.fixtures.modelcompose import SET, make_modelcompose_set
+from tests.fixtures.modelcompose import PAPER_SET, SET, make_modelcompose_set, multimodal_model
 from tests.fixtures.tiny import make_lora_specialist, write_recipe
 from tests.reference import rel_err, ssam_reference
 
@@ -49,7 +50,7 @@ def test_composed_model_holds_the_ssam_merge_and_every_modality_file_untouched(m
     assert config["lora_strategy"] == "modal+language" and scale == ALPHA / R
 
     vision = inputs["vision"]
-    untouched = [k for k in vision if ".lora_" not in k]
+    untouched = [k for k in vision if ".lora_" not in k and not k.endswith(".default")]  # default tokens: averaged
     assert "prefix_tokens.vision" in untouched and "model.modal_projectors.vision.0.weight" in untouched
     assert all(torch.equal(out[k], vision[k]) for k in untouched)
     modal = f"{Q[: -len('.weight')]}.lora_B.vision.weight"
@@ -57,18 +58,43 @@ def test_composed_model_holds_the_ssam_merge_and_every_modality_file_untouched(m
     assert torch.equal(out[modal][:, :R], vision[modal]) and not out[modal][:, R:rank].any()  # zero-padded, same ΔW
 
     manifest = result.manifest
-    assert set(manifest["modalities"]) == {"vision", "audio", "point"}
+    assert set(manifest["modalities"]) == {"vision", "video", "point"}
     assert manifest["modelcompose"]["lora_r"] == rank
     assert manifest["tensors"][Q]["space"] == "dense" and "spectrum" in manifest
     assert not (result.output / "modalities").exists()  # everything lives in the composed file
 
 
+def test_the_papers_four_specialists_compose_into_a_model_that_loads_whole(tmp_path: Path):
+    """DAMC vision, video, point and NaiveMC audio (Q-Former projector, no local tokens), as ModelCompose saves them:
+    the composed file loads, float16-cast and strict=False as ModelCompose's loader does, into the model built from
+    its config.json with no key dropped and nothing left freshly initialised but the base's own decoder weights."""
+    root = make_modelcompose_set(tmp_path, r=R, alpha=ALPHA, specialists=PAPER_SET)
+    recipe = write_recipe(root / "recipe.yaml", Path("base"), [(name, Path(name)) for name, *_ in PAPER_SET],
+                          output={"path": "ssam-multimodal", "format": "modelcompose", "dtype": "bfloat16"},
+                          parameters={"rank": R})
+    result = run_merge(prepare(load_recipe(recipe)), show_progress=False)
+    config = json.loads((result.output / "config.json").read_text())
+    model = multimodal_model(config)
+    weights = {k: v.to(torch.float16) for k, v in load_tensor_dict(result.output / "adapter_model.bin").items()}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    assert unexpected == [] and missing and all(re.fullmatch(r"model\.layers\.\d+\.\w+\.\w+_proj\.weight", k)
+                                                for k in missing)
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert weights["prefix_tokens.audio"].shape == (1, 0, 32)
+    held = [load_tensor_dict(root / n / "adapter_model.bin")["suffix_tokens.default"].double()
+            for n in ("vision", "video", "point")]
+    assert torch.equal(weights["suffix_tokens.default"], (sum(held) / 3).to(torch.bfloat16).to(torch.float16))
+    audio = load_tensor_dict(root / "audio" / "adapter_model.bin")
+    qkey = "model.modal_projectors.audio.audio_Qformer.bert.encoder.layer.1.crossattention.self.value.weight"
+    assert torch.equal(load_tensor_dict(result.output / "adapter_model.bin")[qkey], audio[qkey])
+
+
 def test_naivemc_modality_tokens_keep_their_own_lora_under_the_modality_name(mc: Path):
     result = run_merge(prepare(load_recipe(_recipe(mc))), show_progress=False)
     out = load_tensor_dict(result.output / "adapter_model.bin")
-    audio = load_tensor_dict(mc / "audio" / "adapter_model.bin")
+    video = load_tensor_dict(mc / "video" / "adapter_model.bin")
     stem = Q[: -len(".weight")]
-    assert torch.equal(out[f"{stem}.lora_A.audio.weight"][:R], audio[f"{stem}.lora_A.default.weight"])
+    assert torch.equal(out[f"{stem}.lora_A.video.weight"][:R], video[f"{stem}.lora_A.default.weight"])
 
 
 def test_a_peft_specialist_cannot_join_a_composed_model_and_nothing_is_written(mc: Path):
@@ -97,4 +123,4 @@ def test_full_output_merges_the_decoder_and_keeps_each_modality_in_its_own_file(
     vision = load_file(str(result.output / "modalities" / "vision.safetensors"))
     stored = load_tensor_dict(mc / "vision" / "adapter_model.bin")
     assert vision and all(torch.equal(v, stored[k]) for k, v in vision.items())
-    assert result.manifest["modalities"]["audio"]["file"] == "modalities/audio.safetensors"
+    assert result.manifest["modalities"]["video"]["file"] == "modalities/video.safetensors"

@@ -1,19 +1,22 @@
 """A ModelCompose (DAMC / NaiveMC) specialist: `config.json` + `adapter_model.bin` beside a separate base decoder.
 
-The pickle holds LoRA pairs `model.layers.{L}.{self_attn|mlp}.{proj}.lora_{A|B}.<adapter>.weight`, the modality
-projector `model.modal_projectors.<m>.*` and, for DAMC, `prefix_tokens.<m>` / `suffix_tokens.<m>`.
-The `default` adapter is the language (text-token) LoRA: it is what gets merged. Everything else is modality-specific
-and kept whole. ModelCompose builds one LoRA per modality next to `default` and, with `lora_strategy:
-modal+language`, routes a modality's tokens through that modality's LoRA. A NaiveMC file (`lora_strategy: same`)
-trained its modality tokens through `default`, so its modality LoRA *is* its own `default` LoRA: it is offered as
-kept tensors under the modality's adapter name (what ModelCompose's own converter does), or the composed model would
-silently run those tokens with no LoRA at all.
+The pickle holds what ModelCompose's training saves (its trainable parameters, see modelcompose_layout): LoRA pairs
+`model.layers.{L}.{self_attn|mlp}.{proj}.lora_{A|B}.<adapter>.weight`, the modality projector
+`model.modal_projectors.<m>.*` and, when trained with local tokens, `prefix_tokens.<a>` / `suffix_tokens.<a>` for
+`default` and the modality. The `default` LoRA is the language (text-token) LoRA: it is what gets merged. The
+`default` tokens are language-side too, and shared by every specialist: they are averaged, as ModelCompose's own
+merge script does. Everything else is modality-specific and kept whole. ModelCompose builds one LoRA per modality
+next to `default` and, with `lora_strategy: modal+language`, routes a modality's tokens through that modality's
+LoRA. A NaiveMC file (`lora_strategy: same`) trained its modality tokens through `default`, so its modality LoRA
+*is* its own `default` LoRA: it is offered as kept tensors under the modality's adapter name (what ModelCompose's
+own converter does), or the composed model would silently run those tokens with no LoRA at all.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import zipfile
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -21,22 +24,19 @@ import torch
 
 from ssam_cli.deltas import LowRankDelta
 from ssam_cli.errors import InputError
-from ssam_cli.sources import torch_bin
+from ssam_cli.sources import modelcompose_layout as layout
 from ssam_cli.sources.base import LowRankInfo, Source, TensorInfo
 
 CONFIG = "config.json"
 WEIGHTS = "adapter_model.bin"
 PEFT_CONFIG = "adapter_config.json"
-LANGUAGE = "default"
-# MultimodalConfig's class defaults, used by ModelCompose's loader when config.json omits them.
-DEFAULT_LORA_R, DEFAULT_LORA_ALPHA = 128, 256
+LANGUAGE = layout.LANGUAGE
+DEFAULT_LORA_R, DEFAULT_LORA_ALPHA = layout.DEFAULTS["lora_r"], layout.DEFAULTS["lora_alpha"]
 # Config key naming each modality's encoder; `mm_vision_encoder` and `mm_vision_tower` are aliases.
 ENCODER_KEYS: dict[str, str] = {"mm_vision_tower": "vision", "mm_vision_encoder": "vision",
                                 "mm_audio_encoder": "audio", "mm_video_encoder": "video", "mm_point_encoder": "point"}
-PROJECTOR_TYPE_KEYS: dict[str, str] = {"vision": "mm_projector_type", "audio": "mm_audio_projector_type",
-                                       "video": "mm_video_projector_type", "point": "mm_point_projector_type"}
 STRATEGIES: dict[str, str] = {"same": "NaiveMC", "modal+language": "DAMC"}
-PROJS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+PROJS = layout.ATTENTION + layout.MLP
 LORA_KEY = re.compile(r"^model\.layers\.(?P<layer>\d+)\.(?P<block>self_attn|mlp)\.(?P<proj>[a-z_]+)"
                       r"\.lora_(?P<side>[AB])\.(?P<adapter>[^.]+)\.weight$")
 PROJECTOR_KEY = re.compile(r"^model\.modal_projectors\.(?P<modality>[^.]+)\.")
@@ -84,13 +84,26 @@ def modality_of(config: Mapping, where: str) -> str:
 
 
 def load_tensor_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A torch pickle holding only name → tensor, memory-mapped; anything else is refused, never executed
-    (torch_bin's rule; a small legacy-format file is read whole)."""
-    return torch_bin.load_tensor_dict(path, allow_legacy=True)
+    """A torch pickle holding only name → tensor, memory-mapped; anything else is refused, never executed."""
+    try:  # mmap needs torch's zip format; a legacy pickle is read whole
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as e:  # weights_only raises UnpicklingError on any object that is not a tensor or container
+        raise InputError(f"{path}: refused to load: not a plain dict of tensors ({str(e).splitlines()[0]})") from None
+    if not isinstance(obj, dict):
+        raise InputError(f"{path}: refused to load: expected a dict of name → tensor, got {type(obj).__name__}")
+    for key, value in obj.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise InputError(f"{path}: refused to load: entry {key!r} is a {type(value).__name__}, not a tensor")
+    return obj
 
 
 class ModelComposeSpecialist(Source):
-    """One DAMC or NaiveMC specialist: `lowrank` = its `default` LoRA, `tensors` = its modality-specific tensors."""
+    """One DAMC or NaiveMC specialist: `lowrank` = its `default` LoRA, `tensors` = its modality-specific tensors,
+    `shared` = its language-side tensors other than the LoRA (the `default` tokens), averaged across specialists.
+
+    The file must hold exactly what ModelCompose's training saves for its config.json (modelcompose_layout.trained):
+    a missing, extra or misshapen key is named before anything is merged.
+    """
 
     kind = "modelcompose"
 
@@ -108,9 +121,12 @@ class ModelComposeSpecialist(Source):
         self.lora_strategy = strategy
         self.lora_r = self._positive("lora_r", DEFAULT_LORA_R)
         self.lora_alpha = self._positive("lora_alpha", DEFAULT_LORA_ALPHA)
+        expected = layout.trained(self.config, where)
         self._store = load_tensor_dict(self.weights_file)
+        self._check_exact(expected)
         self._lowrank: dict[str, LowRankInfo] = {}
         self._kept: dict[str, str] = {}  # kept name → stored key (a NaiveMC modality LoRA reads `default` bytes)
+        self._shared: dict[str, str] = {}
         self._classify()
 
     @property
@@ -127,91 +143,83 @@ class ModelComposeSpecialist(Source):
             raise InputError(f"{self.path / CONFIG}: {key}: must be a positive number, got {value!r}")
         return value
 
-    def _classify(self) -> None:
+    def _what(self) -> str:
+        ptype = self.config.get(layout.PROJECTOR_TYPE[self.modality], "linear")
+        return (f"{self.variant} (lora_strategy {self.lora_strategy}), modality {self.modality}, projector {ptype}, "
+                f"lora_r {self.lora_r}")
+
+    def _check_exact(self, expected: Mapping[str, tuple[int, ...]]) -> None:
+        """The file's keys and shapes are those ModelCompose's training saves for this config.json."""
         where = str(self.weights_file)
-        pairs: dict[tuple[str, str], dict[str, str]] = {}  # (weight, adapter) → side → key
+        for key in self._store:
+            if key not in expected:
+                raise InputError(f"{where}: {key}: {self._unexpected(key)}")
+        missing = [k for k in expected if k not in self._store]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise InputError(f"{where}: {missing[0]} is missing{more}: ModelCompose's training saves it for this "
+                             f"config.json ({self._what()})")
+        for key, want in expected.items():
+            got = tuple(self._store[key].shape)
+            if got != tuple(want):
+                raise InputError(f"{where}: {key} has shape {got}; ModelCompose builds {tuple(want)} for this "
+                                 f"config.json ({self._what()})")
+
+    def _unexpected(self, key: str) -> str:
+        """Why a key is not one ModelCompose trains for this specialist, as precisely as the key allows."""
+        m = LORA_KEY.match(key)
+        if m:
+            if m["proj"] not in PROJS:
+                return f"LoRA on {m['proj']}, not a decoder projection ({', '.join(PROJS)})"
+            allowed = [LANGUAGE, self.modality] if self.lora_strategy == "modal+language" else [LANGUAGE]
+            if m["adapter"] not in allowed:
+                return (f"adapter {m['adapter']!r} is not expected with lora_strategy {self.lora_strategy!r} and "
+                        f"modality {self.modality!r} (expected {allowed})")
+            return f"layer {m['layer']} is not a decoder layer of this config.json"
+        m = PROJECTOR_KEY.match(key) or TOKENS_KEY.match(key)
+        if not m:
+            return "not a ModelCompose adapter key (LoRA, modal_projectors or prefix/suffix tokens)"
+        if m["modality"] not in (self.modality, LANGUAGE):
+            return f"belongs to modality {m['modality']!r} but config.json sets the {self.modality} encoder"
+        return f"not a parameter ModelCompose builds for this config.json ({self._what()})"
+
+    def _classify(self) -> None:
         for key in self._store:
             m = LORA_KEY.match(key)
-            if m:
-                if m["proj"] not in PROJS:
-                    raise InputError(f"{where}: {key}: LoRA on {m['proj']}, not a decoder projection "
-                                     f"({', '.join(PROJS)})")
-                weight = f"model.layers.{m['layer']}.{m['block']}.{m['proj']}.weight"
-                pairs.setdefault((weight, m["adapter"]), {})[m["side"]] = key
-                continue
-            m = PROJECTOR_KEY.match(key) or TOKENS_KEY.match(key)
             if not m:
-                raise InputError(f"{where}: {key}: not a ModelCompose adapter key (LoRA, modal_projectors or "
-                                 "prefix/suffix tokens)")
-            if m["modality"] != self.modality:
-                raise InputError(f"{where}: {key}: belongs to modality {m['modality']!r} but config.json sets the "
-                                 f"{self.modality} encoder")
-            self._kept[key] = key
-        allowed = {LANGUAGE, self.modality} if self.lora_strategy == "modal+language" else {LANGUAGE}
-        by_adapter: dict[str, set[str]] = {}
-        for (weight, adapter), sides in pairs.items():
-            if adapter not in allowed:
-                raise InputError(f"{where}: {sides[min(sides)]}: adapter {adapter!r} is not expected with "
-                                 f"lora_strategy {self.lora_strategy!r} and modality {self.modality!r} "
-                                 f"(expected {sorted(allowed)})")
-            self._check_pair(weight, adapter, sides)
-            by_adapter.setdefault(adapter, set()).add(weight)
-            if adapter == LANGUAGE:
-                a = self._store[sides["A"]]
-                self._lowrank[weight] = LowRankInfo((self._store[sides["B"]].shape[0], a.shape[1]), a.shape[0])
-            else:
-                self._kept.update({sides["A"]: sides["A"], sides["B"]: sides["B"]})
-        language = by_adapter.get(LANGUAGE, set())
-        if not language:
-            raise InputError(f"{where}: no `{LANGUAGE}` (language) LoRA: nothing to merge")
-        if self.lora_strategy == "modal+language":
-            self._check_modal_matches_language(language, by_adapter.get(self.modality, set()))
-        else:  # NaiveMC: its modality tokens went through `default`; offer that LoRA under the modality's name
-            for weight in self._lowrank:
+                t = TOKENS_KEY.match(key)
+                (self._shared if t and t["modality"] == LANGUAGE else self._kept)[key] = key
+            elif m["adapter"] == LANGUAGE and m["side"] == "A":
+                weight = f"model.layers.{m['layer']}.{m['block']}.{m['proj']}.weight"
+                a, b = self._store[key], self._store[lora_key(weight, "B", LANGUAGE)]
+                self._lowrank[weight] = LowRankInfo((b.shape[0], a.shape[1]), a.shape[0])
+            elif m["adapter"] != LANGUAGE:
+                self._kept[key] = key
+        if self.lora_strategy == "same":  # NaiveMC: its modality tokens went through `default`; offer that LoRA
+            for weight in self._lowrank:  # under the modality's name, as ModelCompose's own converter does
                 for side in "AB":
                     self._kept[lora_key(weight, side, self.modality)] = lora_key(weight, side, LANGUAGE)
-        if not any(PROJECTOR_KEY.match(k) for k in self._kept):
-            raise InputError(f"{where}: no model.modal_projectors.{self.modality}.* tensor: the {self.modality} "
-                             "projector is missing")
-
-    def _check_modal_matches_language(self, language: set[str], modal: set[str]) -> None:
-        """DAMC: the modality LoRA sits on the same weights, at the same shapes, as the language LoRA."""
-        where = str(self.weights_file)
-        unpaired = sorted(language ^ modal)
-        if unpaired:
-            have, lack = (LANGUAGE, self.modality) if unpaired[0] in language else (self.modality, LANGUAGE)
-            raise InputError(f"{where}: {lora_key(unpaired[0], 'A', lack)} is missing: a DAMC file pairs every "
-                             f"`{have}` LoRA with a `{lack}` one")
-        for weight in sorted(modal):
-            for side in "AB":
-                got = tuple(self._store[lora_key(weight, side, self.modality)].shape)
-                want = tuple(self._store[lora_key(weight, side, LANGUAGE)].shape)
-                if got != want:
-                    raise InputError(f"{where}: {lora_key(weight, side, self.modality)} has shape {got}, the "
-                                     f"`{LANGUAGE}` one {want}")
-
-    def _check_pair(self, weight: str, adapter: str, sides: dict[str, str]) -> None:
-        where = str(self.weights_file)
-        if set(sides) != {"A", "B"}:
-            raise InputError(f"{where}: {lora_key(weight, 'B' if 'A' in sides else 'A', adapter)} is missing")
-        a, b = self._store[sides["A"]], self._store[sides["B"]]
-        if a.ndim != 2 or b.ndim != 2 or b.shape[1] != a.shape[0]:
-            raise InputError(f"{where}: {sides['A']}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} do not chain")
-        if a.shape[0] != self.lora_r:
-            raise InputError(f"{where}: {sides['A']}: rank {a.shape[0]} but config.json lora_r is {self.lora_r}; "
-                             "ModelCompose builds every LoRA at lora_r")
 
     @property
     def tensors(self) -> dict[str, TensorInfo]:
+        return self._infos(self._kept)
+
+    @property
+    def shared(self) -> dict[str, TensorInfo]:
+        """Language-side tensors every specialist of a composition may hold (the `default` prefix/suffix tokens):
+        not modality-specific, so they are averaged across the specialists that have them, not kept."""
+        return self._infos(self._shared)
+
+    def _infos(self, names: Mapping[str, str]) -> dict[str, TensorInfo]:
         store = self._store
-        return {name: TensorInfo(tuple(store[key].shape), store[key].dtype) for name, key in self._kept.items()}
+        return {name: TensorInfo(tuple(store[key].shape), store[key].dtype) for name, key in names.items()}
 
     @property
     def lowrank(self) -> dict[str, LowRankInfo]:
         return self._lowrank
 
     def read(self, name: str) -> torch.Tensor:
-        return self._store[self._kept[name]]
+        return self._store[self._kept.get(name) or self._shared[name]]
 
     def read_lowrank(self, name: str) -> LowRankDelta:
         if name not in self._lowrank:
@@ -219,10 +227,10 @@ class ModelComposeSpecialist(Source):
         return LowRankDelta(self._store[lora_key(name, "B", LANGUAGE)], self._store[lora_key(name, "A", LANGUAGE)],
                             self.scale)
 
-    def token_count(self, kind: str) -> int:
-        """How many prefix/suffix tokens this modality was trained with (0 when the file has none)."""
-        t = self._store.get(f"{kind}_tokens.{self.modality}")
-        return int(t.shape[1]) if t is not None and t.ndim == 3 else 0
+    def token_count(self, kind: str, adapter: Optional[str] = None) -> int:
+        """How many prefix/suffix tokens the adapter (default: this modality) has (0 when the file has none)."""
+        t = self._store.get(f"{kind}_tokens.{adapter or self.modality}")
+        return int(t.shape[1]) if t is not None else 0
 
     def files(self) -> list[Path]:
         return [self.path / CONFIG, self.weights_file]
@@ -231,8 +239,8 @@ class ModelComposeSpecialist(Source):
         encoders = {k: self.config[k] for k in ENCODER_KEYS if self.config.get(k)}
         return {"kind": self.kind, "variant": self.variant, "modality": self.modality,
                 "lora_strategy": self.lora_strategy, "lora_r": self.lora_r, "lora_alpha": self.lora_alpha,
-                "encoders": encoders, "projector_type": self.config.get(PROJECTOR_TYPE_KEYS[self.modality]),
-                "targets": len(self._lowrank)}
+                "encoders": encoders, "projector_type": self.config.get(layout.PROJECTOR_TYPE[self.modality]),
+                "targets": len(self._lowrank), "shared": sorted(self._shared)}
 
 
 def remap_encoders(config: dict, encoders: Mapping[str, str], where: Path) -> dict:

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from ssam_cli.deltas import LowRankDelta
 from ssam_cli.errors import UserError
@@ -14,25 +14,31 @@ from ssam_cli.methods.base import MergeContext
 from ssam_cli.plan import NamedSource
 from ssam_cli.sources import open_source
 from ssam_cli.sources.modelcompose import load_tensor_dict
-from ssam_cli.writers.modelcompose import (Composition, ModelComposeWriter, check_composition, check_finite,
-                                           check_folder_name, check_loader_keys, verify_written, write_modelcompose)
-from tests.fixtures.modelcompose import SET, make_modelcompose_set, make_modelcompose_specialist
+from ssam_cli.writers.modelcompose import (Composition, ModelComposeWriter, check_composition, check_folder_name,
+                                           check_loadable, check_loader_keys, verify_written, write_modelcompose)
+from tests.fixtures.modelcompose import (PAPER_SET, SET, make_modelcompose_set, make_modelcompose_specialist,
+                                         multimodal_model)
 from tests.fixtures.tiny import make_lora_specialist
 from tests.reference import rel_err, ssam_reference
 
 R, ALPHA = 4, 8
-PROJ_NAMES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-              "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+BASE_WEIGHT = re.compile(r"^model\.layers\.\d+\.(self_attn|mlp)\.[a-z]+_proj\.weight$")  # frozen: from the base
 
 
 @pytest.fixture
 def mc(tmp_path: Path) -> Path:
-    """base + vision (DAMC), audio (NaiveMC), point (DAMC), rank 4, alpha 8."""
+    """base + vision (DAMC), video (NaiveMC, no local tokens), point (DAMC), rank 4, alpha 8."""
     return make_modelcompose_set(tmp_path, r=R, alpha=ALPHA)
 
 
-def _specialists(root: Path, encoders: dict | None = None) -> list[NamedSource]:
-    return [NamedSource(name, open_source(root / name, encoders=(encoders or {}).get(name))) for name, *_ in SET]
+@pytest.fixture
+def paper(tmp_path: Path) -> Path:
+    """base + vision (DAMC), audio (NaiveMC, Q-Former projector), video (DAMC), point (DAMC)."""
+    return make_modelcompose_set(tmp_path, r=R, alpha=ALPHA, specialists=PAPER_SET)
+
+
+def _specialists(root: Path, encoders: dict | None = None, names=SET) -> list[NamedSource]:
+    return [NamedSource(name, open_source(root / name, encoders=(encoders or {}).get(name))) for name, *_ in names]
 
 
 def _merge(comp: Composition, method: str, **params) -> dict[str, LowRankDelta]:
@@ -47,17 +53,24 @@ def _merge(comp: Composition, method: str, **params) -> dict[str, LowRankDelta]:
     return out
 
 
-def _write(mc: Path, method: str = "ssam", dtype: torch.dtype = torch.float32, safetensors: bool = False,
-           name: str = "out-multimodal", **params):
-    comp = check_composition(mc / name, _specialists(mc))
+def _write(mc: Path, method: str = "ssam", dtype: torch.dtype = torch.float32, name: str = "out-multimodal",
+           names=SET, **params):
+    comp = check_composition(mc / name, _specialists(mc, names=names))
     merged = _merge(comp, method, **params)
     folder = mc / name
     folder.mkdir()
-    writer = ModelComposeWriter(folder, comp, dtype, safetensors)
+    writer = ModelComposeWriter(folder, comp, dtype)
     for weight, delta in merged.items():
         writer.add(weight, delta)
     writer.close()
     return comp, writer.result, folder
+
+
+def _kept(comp: Composition, **replace: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+    """What the writer reads from each specialist at close, with some of the vision specialist's tensors replaced."""
+    kept = {name: {key: src.read(key) for key in src.tensors} for name, src in comp.specialists}
+    kept["vision"].update(replace)
+    return kept
 
 
 def _dense64(d: LowRankDelta) -> torch.Tensor:
@@ -75,7 +88,7 @@ def test_merged_default_lora_equals_the_float64_ssam_reference(mc):
     comp, result, folder = _write(mc, "ssam", rank=R)
     out = load_tensor_dict(folder / "adapter_model.bin")
     config = json.loads((folder / "config.json").read_text())
-    assert (config["lora_r"], config["lora_alpha"]) == (R, ALPHA) and result.notes == []
+    assert (config["lora_r"], config["lora_alpha"]) == (R, ALPHA) and not any("lora_r" in n for n in result.notes)
     for weight in comp.specialists[0][1].lowrank:
         dense = [_dense64(s.read_lowrank(weight)) for _, s in comp.specialists]
         ref = ssam_reference(dense, k=R, lam=1 / 3)
@@ -106,45 +119,83 @@ def test_every_kept_tensor_is_byte_identical_to_its_source(mc):
             assert torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8)), key
 
 
-def test_written_keys_are_exactly_what_modelcompose_builds_for_the_composed_config(mc):
-    """Re-derive the loader's parameter names from the written config.json, as its infer_modals does."""
-    _, _, folder = _write(mc, "ssam", rank=R)
-    out = load_tensor_dict(folder / "adapter_model.bin")
+def _load_as_modelcompose(folder: Path) -> tuple[torch.nn.Module, dict[str, torch.Tensor], list[str], list[str]]:
+    """What load_pretrained_model does with the folder: build the model from config.json (here the fixture's module
+    tree, built independently of ssam's layout), read adapter_model.bin, cast to float16, load with strict=False."""
     config = json.loads((folder / "config.json").read_text())
-    adapters = ["default"] + [m for k, m in (("mm_audio_encoder", "audio"), ("mm_vision_tower", "vision"),
-                                             ("mm_video_encoder", "video"), ("mm_point_encoder", "point"))
-                              if config.get(k)]
-    assert sorted(adapters) == ["audio", "default", "point", "vision"]
-    built = {f"model.layers.{layer}.{proj}.lora_{side}.{adapter}.weight" for layer in range(config["num_hidden_layers"])
-             for proj in PROJ_NAMES for side in "AB" for adapter in adapters}
-    lora_written = {k for k in out if ".lora_" in k}
-    assert lora_written == built
-    for key in lora_written:
-        assert (out[key].shape[0] if ".lora_A." in key else out[key].shape[1]) == config["lora_r"]
-    tokens = {k for k in out if k.endswith(("_tokens.vision", "_tokens.point", "_tokens.audio"))}
-    assert tokens == {"prefix_tokens.vision", "suffix_tokens.vision", "prefix_tokens.point", "suffix_tokens.point"}
-    for t in tokens:
-        assert out[t].shape == (1, config[f"local_{t.split('.')[1]}_{t.split('_')[0]}_tokens"], config["hidden_size"])
-    assert {k.split(".")[2] for k in out if k.startswith("model.modal_projectors.")} == {"vision", "audio", "point"}
+    model = multimodal_model(config)
+    weights = {k: v.to(torch.float16) for k, v in torch.load(folder / "adapter_model.bin", weights_only=True).items()}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    return model, weights, missing, unexpected
+
+
+def test_the_composed_file_loads_whole_into_the_model_built_from_its_config(paper):
+    """Nothing the loader builds is left freshly initialised and nothing written is dropped: the only parameters
+    the file does not hold are the frozen decoder weights, which come from the base."""
+    _, _, folder = _write(paper, "ssam", dtype=torch.bfloat16, names=PAPER_SET, rank=R)
+    model, weights, missing, unexpected = _load_as_modelcompose(folder)
+    assert unexpected == []
+    assert missing and all(BASE_WEIGHT.match(k) for k in missing)
+    out = load_tensor_dict(folder / "adapter_model.bin")
+    assert set(out) == {n for n in dict(model.named_parameters()) if not BASE_WEIGHT.match(n)}
+    assert out["prefix_tokens.audio"].shape == (1, 0, 32) == out["suffix_tokens.audio"].shape  # NaiveMC: 0 tokens
+    assert {"prefix_tokens.default", "suffix_tokens.default"} <= set(out)
+    assert out["model.modal_projectors.audio.audio_llama_proj.weight"].shape == (4096, 768)
+    assert all(torch.isfinite(w).all() for w in weights.values())  # the float16 cast produced no inf
+
+
+def test_default_tokens_are_the_float32_mean_of_the_specialists_that_hold_them(mc):
+    comp, result, folder = _write(mc, "ssam", dtype=torch.bfloat16, rank=R)
+    out = load_tensor_dict(folder / "adapter_model.bin")
+    for kind in ("prefix", "suffix"):
+        key = f"{kind}_tokens.default"
+        held = [load_tensor_dict(mc / name / "adapter_model.bin")[key].double() for name in ("vision", "point")]
+        assert comp.shared[key] == ("vision", "point")  # NaiveMC video was trained without tokens
+        assert out[key].dtype == torch.bfloat16
+        assert torch.equal(out[key], ((held[0] + held[1]) / 2).to(torch.bfloat16))  # exact mean, rounded once
+    assert result.modalities["vision"]["averaged"] == ["prefix_tokens.default", "suffix_tokens.default"]
+    assert result.modalities["video"]["averaged"] == []
+    assert any("averaged over the specialists" in n for n in result.notes)
+    assert any(n.startswith("prefix_tokens.video, suffix_tokens.video: zero-size") for n in result.notes)
+
+
+def test_default_tokens_of_different_counts_are_refused_naming_both_specialists(mc):
+    make_modelcompose_specialist(mc / "video", "video", "damc", seed=7, tokens=3)
+    with pytest.raises(UserError, match=r"specialist 'video': prefix_tokens.default has shape \(1, 3, 32\), 'vision' "
+                                        r"\(1, 5, 32\)"):
+        check_composition(mc / "out-multimodal", _specialists(mc))
+
+
+def test_a_projector_the_union_of_configs_would_build_differently_is_refused(mc):
+    """Without mm_point_hidden_size a point projector is sized by mm_hidden_size: alone the point specialist loads
+    (mm_hidden_size 768), but in the union of configs the vision specialist's mm_hidden_size (24) comes first."""
+    make_modelcompose_specialist(mc / "point", "point", "damc", seed=3, config_changes={"mm_point_hidden_size": 768})
+    config = json.loads((mc / "point" / "config.json").read_text())
+    del config["mm_point_hidden_size"]
+    (mc / "point" / "config.json").write_text(json.dumps({**config, "mm_hidden_size": 768}))
+    assert open_source(mc / "point").tensors["model.modal_projectors.point.0.weight"].shape == (32, 768)
+    with pytest.raises(UserError, match=r"specialist 'point': model.modal_projectors.point.0.weight \(32, 768\): "
+                                        r"the composed model's config.json builds \(32, 24\)"):
+        check_composition(mc / "out-multimodal", _specialists(mc))
 
 
 def test_composed_config_carries_every_modality(mc):
-    specialists = _specialists(mc, encoders={"audio": {"mm_audio_encoder": "/data/beats.pt"}})
+    specialists = _specialists(mc, encoders={"video": {"mm_video_encoder": "/data/LanguageBind_Video_merge"}})
     comp = check_composition(mc / "out-multimodal", specialists)
     folder = mc / "out-multimodal"
     folder.mkdir()
-    write_modelcompose(folder, comp, _merge(comp, "ssam", rank=R), {}, torch.float32)
+    write_modelcompose(folder, comp, _merge(comp, "ssam", rank=R), _kept(comp), torch.float32)
     config = json.loads((folder / "config.json").read_text())
     assert config["lora_strategy"] == "modal+language"
     assert config["mm_vision_tower"] == config["mm_vision_encoder"] == "/home/author/models/clip-vit-large-patch14-336"
-    assert config["mm_audio_encoder"] == "/data/beats.pt"
+    assert config["mm_video_encoder"] == "/data/LanguageBind_Video_merge"
     assert config["mm_point_encoder"] == "/home/author/model/PointLLM/point_bert_v1.2.pt"
-    assert config.get("mm_video_encoder") is None
-    assert (config["mm_projector_type"], config["mm_audio_projector_type"], config["mm_point_projector_type"]) == \
-        ("mlp2x_gelu", "qformer_32N_2L", "mlp2x_gelu")
-    assert (config["mm_hidden_size"], config["mm_audio_hidden_size"], config["mm_point_hidden_size"]) == (24, 20, 16)
-    # NaiveMC audio was trained without prefix/suffix tokens: the composed model must not invent them
-    assert config["local_prefix_tokens"] == 5 and config["local_audio_prefix_tokens"] == 0
+    assert config.get("mm_audio_encoder") is None
+    assert (config["mm_projector_type"], config["mm_video_projector_type"], config["mm_point_projector_type"]) == \
+        ("mlp2x_gelu", "mlp2x_gelu", "mlp2x_gelu")
+    assert (config["mm_hidden_size"], config["mm_video_hidden_size"], config["mm_point_hidden_size"]) == (24, 24, 16)
+    # NaiveMC video was trained without prefix/suffix tokens: its count is 0 (zero-size parameters), the default 5
+    assert config["local_prefix_tokens"] == 5 and config["local_video_prefix_tokens"] == 0
     assert config["local_vision_suffix_tokens"] == config["local_point_suffix_tokens"] == 5
     assert config["model_type"] == "multimodal" and config["num_hidden_layers"] == 2
 
@@ -172,22 +223,12 @@ def test_a_result_below_lora_r_is_zero_padded_to_lora_r(mc):
     comp, result, folder = _write(mc, "ssam", rank=2)
     out = load_tensor_dict(folder / "adapter_model.bin")
     config = json.loads((folder / "config.json").read_text())
-    assert config["lora_r"] == R and result.notes == []
+    assert config["lora_r"] == R and not any("lora_r" in n for n in result.notes)
     key = "model.layers.0.self_attn.q_proj.lora_A.default.weight"
     assert out[key].shape[0] == R and not out[key][2:].any()
     weight = "model.layers.0.self_attn.q_proj.weight"
     ref = ssam_reference([_dense64(s.read_lowrank(weight)) for _, s in comp.specialists], k=2, lam=1 / 3)
     assert rel_err(_written_delta(out, config, weight), ref) < 1e-5
-
-
-def test_safetensors_variant_holds_the_same_tensors(mc, tmp_path):
-    _, _, bin_folder = _write(mc, "ssam", dtype=torch.bfloat16, rank=R)
-    _, result, st_folder = _write(mc, "ssam", dtype=torch.bfloat16, safetensors=True, name="st-multimodal", rank=R)
-    assert result.files == ["config.json", "adapter_model.safetensors"]
-    assert not (st_folder / "adapter_model.bin").exists()
-    a, b = load_tensor_dict(bin_folder / "adapter_model.bin"), load_file(str(st_folder / "adapter_model.safetensors"))
-    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
-    assert (bin_folder / "config.json").read_text() == (st_folder / "config.json").read_text()
 
 
 @pytest.mark.parametrize("name, ok", [("merged-multimodal", True), ("SSAM-MultiModal-4", True),
@@ -223,44 +264,42 @@ def test_composition_refuses_two_specialists_of_one_modality(mc):
 
 def test_composition_refuses_different_lora_scales(mc):
     make_modelcompose_specialist(mc / "video", "video", "damc", seed=7, r=R, alpha=16)
-    specialists = _specialists(mc) + [NamedSource("video", open_source(mc / "video"))]
     with pytest.raises(UserError, match="specialist 'video': lora_alpha/lora_r = 16/4 differs"):
-        check_composition(mc / "out-multimodal", specialists)
+        check_composition(mc / "out-multimodal", _specialists(mc))
 
 
 def test_composition_accepts_a_different_rank_at_the_same_scale_and_pads_it(mc):
     make_modelcompose_specialist(mc / "video", "video", "damc", seed=7, r=8, alpha=16)
-    specialists = _specialists(mc) + [NamedSource("video", open_source(mc / "video"))]
-    comp = check_composition(mc / "out-multimodal", specialists)
+    comp = check_composition(mc / "out-multimodal", _specialists(mc))
     assert comp.lora_r == 8 and comp.scale == 2.0
 
 
 def test_composition_refuses_a_different_decoder(mc):
     config = json.loads((mc / "point" / "config.json").read_text())
-    (mc / "point" / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 32}))
-    with pytest.raises(UserError, match="specialist 'point': config.json num_hidden_layers = 32"):
+    (mc / "point" / "config.json").write_text(json.dumps({**config, "vocab_size": 32000}))
+    with pytest.raises(UserError, match="specialist 'point': config.json vocab_size = 32000"):
         check_composition(mc / "out-multimodal", _specialists(mc))
 
 
-def test_key_check_refuses_an_adapter_the_loader_would_not_build(mc):
-    comp = check_composition(mc / "out-multimodal", _specialists(mc))
-    good = {"model.layers.0.self_attn.q_proj.lora_A.vision.weight": torch.zeros(R, 32)}
-    check_loader_keys(good, comp, R)
-    for key, t in {"model.layers.0.self_attn.q_proj.lora_A.video.weight": torch.zeros(R, 32),
-                   "model.layers.2.self_attn.q_proj.lora_A.default.weight": torch.zeros(R, 32),
-                   "model.layers.0.self_attn.q_proj.lora_A.default.weight": torch.zeros(R + 1, 32),
-                   "prefix_tokens.video": torch.zeros(1, 5, 32)}.items():
-        with pytest.raises(RuntimeError, match="not a parameter ModelCompose builds"):
-            check_loader_keys({key: t}, comp, R)
+def test_key_check_fails_on_one_misspelt_missing_or_misshapen_key(paper):
+    comp = check_composition(paper / "out-multimodal", _specialists(paper, names=PAPER_SET))
+    built = comp.built(R)
+    good = {k: torch.zeros(shape) for k, shape in built.items()}
+    check_loader_keys(good, built)
+    key = "model.modal_projectors.audio.audio_Qformer.bert.encoder.layer.1.crossattention.self.key.weight"
+    misspelt = {(k.replace("crossattention", "cross_attention") if k == key else k): v for k, v in good.items()}
+    with pytest.raises(RuntimeError, match=r"unexpected \['model.*cross_attention.self.key.weight'\]; missing"):
+        check_loader_keys(misspelt, built)
+    with pytest.raises(RuntimeError, match=r"missing \['prefix_tokens.audio'\]"):
+        check_loader_keys({k: v for k, v in good.items() if k != "prefix_tokens.audio"}, built)
+    with pytest.raises(RuntimeError, match=r"misshapen \['model.layers.0.self_attn.q_proj.lora_A.vision.weight'\]"):
+        check_loader_keys({**good, "model.layers.0.self_attn.q_proj.lora_A.vision.weight": torch.zeros(R + 1, 32)},
+                          built)
 
 
-@pytest.mark.parametrize("suffix", [".bin", ".safetensors"])
-def test_read_back_check_catches_missing_and_unexpected_keys_and_wrong_shapes(tmp_path, suffix):
-    from safetensors.torch import save_file
-
-    path = tmp_path / f"adapter_model{suffix}"
-    tensors = {"prefix_tokens.vision": torch.zeros(1, 5, 32)}
-    torch.save(tensors, path) if suffix == ".bin" else save_file(tensors, str(path))
+def test_read_back_check_catches_missing_and_unexpected_keys_and_wrong_shapes(tmp_path):
+    path = tmp_path / "adapter_model.bin"
+    torch.save({"prefix_tokens.vision": torch.zeros(1, 5, 32)}, path)
     verify_written(path, {"prefix_tokens.vision": (1, 5, 32)})
     with pytest.raises(RuntimeError, match=r"missing \['suffix_tokens.vision'\]"):
         verify_written(path, {"prefix_tokens.vision": (1, 5, 32), "suffix_tokens.vision": (1, 5, 32)})
@@ -270,15 +309,19 @@ def test_read_back_check_catches_missing_and_unexpected_keys_and_wrong_shapes(tm
         verify_written(path, {"prefix_tokens.vision": (1, 4, 32)})
 
 
-def test_non_finite_kept_values_are_refused_before_anything_is_written(mc):
+@pytest.mark.parametrize("value, message", [(float("inf"), "has non-finite values"),
+                                            (7.0e4, r"has values up to 70144, beyond float16's ±65504")])
+def test_values_the_float16_loader_cannot_hold_are_refused_before_anything_is_written(mc, value, message):
     comp = check_composition(mc / "out-multimodal", _specialists(mc))
     folder = mc / "out-multimodal"
     folder.mkdir()
-    bad = {"vision": {"prefix_tokens.vision": torch.full((1, 5, 32), float("inf"), dtype=torch.bfloat16)}}
-    with pytest.raises(UserError, match="prefix_tokens.vision has non-finite values"):
-        write_modelcompose(folder, comp, {}, bad, torch.bfloat16)
-    assert not (folder / "adapter_model.bin").exists()
-    check_finite({"x": torch.zeros(2), "ids": torch.tensor([1, 2])})
+    bad = torch.zeros(1, 5, 32, dtype=torch.bfloat16)
+    bad[0, 2, 7] = value  # bf16 holds 7e4 (as 70144); float16 would turn it into inf
+    kept = _kept(comp, **{"prefix_tokens.vision": bad})
+    with pytest.raises(UserError, match=rf"prefix_tokens.vision {message}.*specialist 'vision'"):
+        write_modelcompose(folder, comp, _merge(comp, "ssam", rank=R), kept, torch.bfloat16)
+    assert not (folder / "adapter_model.bin").exists() and not (folder / "config.json").exists()
+    check_loadable({"x": torch.zeros(2), "ids": torch.tensor([1, 2]), "empty": torch.zeros(1, 0, 3)}, {})
 
 
 def test_the_writer_defaults_to_the_specialists_lora_dtype(mc):
@@ -291,7 +334,7 @@ def test_a_kept_view_is_written_compactly_not_with_its_whole_base_storage(mc):
     big = torch.randn(1000, 5, 32).to(torch.bfloat16)
     folder = mc / "out-multimodal"
     folder.mkdir()
-    write_modelcompose(folder, comp, _merge(comp, "ssam", rank=R), {"vision": {"prefix_tokens.vision": big[3:4]}},
+    write_modelcompose(folder, comp, _merge(comp, "ssam", rank=R), _kept(comp, **{"prefix_tokens.vision": big[3:4]}),
                        torch.bfloat16)
-    assert (folder / "adapter_model.bin").stat().st_size < big.nbytes / 4
-    assert torch.equal(load_tensor_dict(folder / "adapter_model.bin")["prefix_tokens.vision"], big[3:4])
+    written = load_tensor_dict(folder / "adapter_model.bin")["prefix_tokens.vision"]
+    assert torch.equal(written, big[3:4]) and written.untyped_storage().nbytes() == big[3:4].nbytes
