@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import zipfile
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -25,6 +24,7 @@ import torch
 from ssam_cli.deltas import LowRankDelta
 from ssam_cli.errors import InputError
 from ssam_cli.sources import modelcompose_layout as layout
+from ssam_cli.sources import torch_bin
 from ssam_cli.sources.base import LowRankInfo, Source, TensorInfo
 
 CONFIG = "config.json"
@@ -84,17 +84,9 @@ def modality_of(config: Mapping, where: str) -> str:
 
 
 def load_tensor_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A torch pickle holding only name → tensor, memory-mapped; anything else is refused, never executed."""
-    try:  # mmap needs torch's zip format; a legacy pickle is read whole
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except Exception as e:  # weights_only raises UnpicklingError on any object that is not a tensor or container
-        raise InputError(f"{path}: refused to load: not a plain dict of tensors ({str(e).splitlines()[0]})") from None
-    if not isinstance(obj, dict):
-        raise InputError(f"{path}: refused to load: expected a dict of name → tensor, got {type(obj).__name__}")
-    for key, value in obj.items():
-        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise InputError(f"{path}: refused to load: entry {key!r} is a {type(value).__name__}, not a tensor")
-    return obj
+    """A torch pickle holding only name → tensor, memory-mapped; anything else is refused, never executed
+    (torch_bin's rule; a small legacy-format file is read whole)."""
+    return torch_bin.load_tensor_dict(path, allow_legacy=True)
 
 
 class ModelComposeSpecialist(Source):
