@@ -166,7 +166,41 @@ def points_data() -> ModalityData:
     return ModalityData("points", train, val, test)
 
 
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+OPERATORS = {"plus": 1, "+": 1, "minus": -1, "-": -1}
+
+
+def expressions() -> list[tuple[str, int]]:
+    """Every `a op b` with a, b, a op b in 0…9, each operand as a word or a numeral and op spelled as a word or a
+    sign: 110 sums and differences × 8 spellings = 880 strings, with their value."""
+    spell = (lambda d: DIGIT_WORDS[d], str)
+    out = []
+    for op, sign in OPERATORS.items():
+        for a in range(10):
+            for b in range(10):
+                if 0 <= a + sign * b <= 9:
+                    out += [(f"{fa(a)} {op} {fb(b)}", a + sign * b) for fa in spell for fb in spell]
+    return out
+
+
+def text_data(tokenizer=None) -> ModalityData:
+    """The text-only task: an arithmetic expression as three tokens of the base's own vocabulary, asked the same
+    three questions about its value. Split 60/20/20 over the strings, stratified by value: a test string is never
+    trained on, though its sum may be, in another spelling."""
+    from benchmarks.lab import model as lm
+
+    if tokenizer is None:
+        tokenizer = lm.load_tokenizer(assets.base_model_dir())
+    rows = expressions()
+    ids = [tokenizer.encode(text, add_special_tokens=False).ids for text, _ in rows]
+    bad = [text for (text, _), i in zip(rows, ids) if len(i) != lm.EXPRESSION_TOKENS]
+    if bad:
+        raise ValueError(f"expressions not {lm.EXPRESSION_TOKENS} tokens long: {bad[:3]}")
+    x, y = np.array(ids, dtype=np.int64), np.array([v for _, v in rows], dtype=np.int64)
+    return ModalityData("text", *_three_way(x, y, 0.2, 0.2))
+
+
 @lru_cache(maxsize=None)
 def load(modality: str) -> ModalityData:
     """The modality's data (built once per process; audio synthesis is cached on disk)."""
-    return {"image": image_data, "audio": audio_data, "points": points_data}[modality]()
+    return {"image": image_data, "audio": audio_data, "points": points_data, "text": text_data}[modality]()

@@ -18,7 +18,7 @@ from benchmarks.lab import model as lm
 PEFT_PREFIX = "base_model.model."
 
 
-def tower_from_tensors(tensors: dict[str, torch.Tensor], modality: str) -> lm.ModalityTower:
+def tower_from_tensors(tensors: dict[str, torch.Tensor], modality: str) -> torch.nn.Module:
     """Rebuild a tower from tensors named modality.<modality>.*; strict, so a missing tensor fails loudly."""
     prefix = lm.tower_prefix(modality)
     state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -29,7 +29,7 @@ def tower_from_tensors(tensors: dict[str, torch.Tensor], modality: str) -> lm.Mo
         if k.startswith("token_lora.B."):
             key = k[len("token_lora.B."):]
             token_lora[key.replace("__", ".")] = (b.shape[0], state[f"token_lora.A.{key}"].shape[1])
-    tower = lm.ModalityTower(modality, token_lora or None)
+    tower = lm.new_tower(modality, token_lora or None)
     tower.load_state_dict(state, strict=True)
     return tower.eval()
 
@@ -46,13 +46,17 @@ def adapter_modality(adapter: Path) -> str:
         return (f.metadata() or {})["modality"]
 
 
+def adapter_modalities(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """The modalities whose towers an adapter holds (one for a specialist, all of them for the joint model)."""
+    return sorted({k.split(".")[1] for k in tensors if k.startswith("modality.")})
+
+
 def load_specialist(base: Path, adapter: Path) -> lm.PrefixLM:
-    """One specialist: base + its own LoRA, with its tower."""
-    modality = adapter_modality(adapter)
+    """One specialist (base + its own LoRA, with its tower), or the jointly trained model with all its towers."""
     raw = load_file(str(adapter / "adapter_model.safetensors"))
     tensors = {k[len(PEFT_PREFIX):]: v for k, v in raw.items() if k.startswith(PEFT_PREFIX + "modality.")}
-    return lm.PrefixLM(_with_adapter(base, adapter), lm.load_tokenizer(base),
-                       {modality: tower_from_tensors(tensors, modality)}).eval()
+    towers = {m: tower_from_tensors(tensors, m) for m in adapter_modalities(tensors)}
+    return lm.PrefixLM(_with_adapter(base, adapter), lm.load_tokenizer(base), towers).eval()
 
 
 def load_merged(base: Path, output: Path) -> lm.PrefixLM:

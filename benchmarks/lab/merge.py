@@ -35,9 +35,10 @@ def recipe(method: str, base: Path, specialists: Sequence[tuple[str, Path, str]]
     }
 
 
-def run_merge(spec: dict[str, Any], recipe_path: Path, reuse: bool = False) -> Path:
+def run_merge(spec: dict[str, Any], recipe_path: Path, reuse: bool = False, spectrum: bool = False) -> Path:
     """Write `spec` to `recipe_path`, run `ssam merge` on it, and return the output folder. With `reuse`, an
-    output whose manifest exists and whose recipe file is byte-identical is taken as is (a rerun's cache)."""
+    output whose manifest exists and whose recipe file is byte-identical is taken as is (a rerun's cache).
+    `spectrum` keeps the merge's spectrum summary (the suggested k) in the manifest."""
     text = yaml.safe_dump(spec, sort_keys=False)
     output = (recipe_path.parent / spec["output"]["path"]).resolve()
     if reuse and (output / "manifest.json").is_file() and recipe_path.is_file() and recipe_path.read_text() == text:
@@ -46,7 +47,8 @@ def run_merge(spec: dict[str, Any], recipe_path: Path, reuse: bool = False) -> P
     recipe_path.write_text(text)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     # --no-spectrum: the spectrum summary costs seconds per merge and the lab reads none of it
-    command = [sys.executable, "-m", "ssam_cli", "merge", str(recipe_path), "--overwrite", "--quiet", "--no-spectrum"]
+    command = [sys.executable, "-m", "ssam_cli", "merge", str(recipe_path), "--overwrite", "--quiet",
+               *([] if spectrum else ["--no-spectrum"])]
     proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
     if proc.returncode != 0:
         raise RuntimeError(f"ssam merge {recipe_path} failed (exit {proc.returncode}): "

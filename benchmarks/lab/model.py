@@ -19,8 +19,11 @@ HIDDEN = 384
 FEATURE = 256
 # The six linear layers of every BERT block, matched as PEFT matches a string: fullmatch on module names.
 LORA_TARGETS = r"encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
-LORA_RANK, LORA_ALPHA = 8, 16
-FEATURE_SHAPES: dict[str, tuple[int, ...]] = {"image": (64,), "audio": (32, 24), "points": (128, 3)}
+LORA_RANK, LORA_ALPHA = 8, 16  # the low-interference regime's LoRA; the interfering regime's is in run.REGIMES
+TEXT = "text"  # the text-only specialist: its "input" is a 3-token arithmetic expression, read by the language model
+EXPRESSION_TOKENS = 3
+FEATURE_SHAPES: dict[str, tuple[int, ...]] = {"image": (64,), "audio": (32, 24), "points": (128, 3),
+                                              TEXT: (EXPRESSION_TOKENS,)}
 
 QUESTIONS: dict[str, tuple[str, ...]] = {
     "digit": ("which digit is this?", "what number is shown?", "name the digit.", "which number is it?"),
@@ -111,6 +114,27 @@ class ModalityTower(nn.Module):
         return self.projector(self.encoder(x)).view(x.shape[0], SOFT_TOKENS, HIDDEN)
 
 
+class TextTower(nn.Module):
+    """The text specialist's front: a learned prompt token, then the expression's own word embeddings (the base's,
+    never merged). Nothing here can do arithmetic (the prompt is the same for every input), so the skill has to
+    live in the LoRA: a language-side skill, as the issue asks for."""
+
+    def __init__(self, modality: str = TEXT) -> None:
+        super().__init__()
+        self.modality = modality
+        self.prompt = nn.Parameter(torch.zeros(SOFT_TOKENS - EXPRESSION_TOKENS, HIDDEN))
+        self.token_lora = None
+
+    def forward(self, ids: torch.Tensor, embeddings: nn.Module) -> torch.Tensor:
+        words = embeddings(ids.long())
+        return torch.cat([self.prompt.expand(ids.shape[0], -1, -1), words], dim=1)
+
+
+def new_tower(modality: str, token_lora: dict[str, tuple[int, int]] | None = None) -> nn.Module:
+    """A fresh tower for `modality` (a TextTower for the text specialist)."""
+    return TextTower() if modality == TEXT else ModalityTower(modality, token_lora)
+
+
 def tower_prefix(modality: str) -> str:
     """Where a tower's tensors live in a specialist adapter (and so in the merge's modality file)."""
     return f"modality.{modality}."
@@ -119,7 +143,7 @@ def tower_prefix(modality: str) -> str:
 class PrefixLM(nn.Module):
     """The shared BERT (plain, merged, or with a trainable LoRA) with modality towers in front of it."""
 
-    def __init__(self, bert: nn.Module, tokenizer, towers: dict[str, ModalityTower]) -> None:
+    def __init__(self, bert: nn.Module, tokenizer, towers: dict[str, nn.Module]) -> None:
         super().__init__()
         self.bert = bert
         self.towers = nn.ModuleDict(towers)
@@ -151,7 +175,8 @@ class PrefixLM(nn.Module):
         """Hidden states at [MASK] (batch × HIDDEN) for a batch whose prefixes are the listed modality inputs,
         in order (one tensor per modality, batch-first), followed by one question per example."""
         emb = self.bert.get_input_embeddings()
-        prefix = torch.cat([self.towers[m](x) for m, x in inputs], dim=1) if inputs else None
+        prefix = torch.cat([self.towers[m](x, emb) if m == TEXT else self.towers[m](x) for m, x in inputs],
+                           dim=1) if inputs else None
         batch = len(questions)
         ids = [[*self.tokenizer.encode(q, add_special_tokens=False).ids, self._mask, self._sep] for q in questions]
         width = max(len(i) for i in ids)

@@ -1,5 +1,6 @@
-"""results.json → results.md: tables shaped like the paper's (rows: specialists and merges; columns:
-modalities and their combinations, then the average), mean ± std over seeds."""
+"""results.json → results.md: per regime, tables shaped like the paper's Tables 1–3 (rows: specialists, the
+jointly trained reference, late fusion and the merges; columns: each modality alone, every combination, the
+complementary-evidence task, language retention), mean ± std over seeds; then the details."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-MODALITIES = ("image", "audio", "points")
+MODALITIES = ("image", "audio", "points", "text")
 COMBOS = ("image+audio", "image+points", "audio+points", "image+audio+points")
 
 
@@ -40,26 +41,33 @@ def _rows(results: dict[str, Any], single: bool = False) -> list[str]:
     return [r for r, res in first["rows"].items() if res["single"] or not single]
 
 
+def _mods(results: dict[str, Any]) -> tuple[str, ...]:
+    """The regime's modalities (older results files: the three perceptual ones)."""
+    return tuple((results.get("regime") or {}).get("modalities") or MODALITIES[:3])
+
+
 def _single_table(results: dict[str, Any]) -> list[str]:
-    lines = ["| model | " + " | ".join(MODALITIES) + " | avg |", "|---" * (len(MODALITIES) + 2) + "|"]
+    mods = _mods(results)
+    lines = ["| model | " + " | ".join(mods) + " | avg |", "|---" * (len(mods) + 2) + "|"]
     for row in _rows(results, single=True):
         cells = []
-        for mod in MODALITIES:
+        for mod in mods:
             cells.append(_cell(_gather(results, row, lambda r, m=mod: float(np.mean(list(r["single"][m].values())))
                                        if m in r["single"] else None)))
-        has_all = all(m in next(iter(results["seeds"].values()))["rows"][row]["single"] for m in MODALITIES)
+        has_all = all(m in next(iter(results["seeds"].values()))["rows"][row]["single"] for m in mods)
         cells.append(_cell(_gather(results, row, single_mean)) if has_all else "—")
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return lines
 
 
 def _qtype_table(results: dict[str, Any]) -> list[str]:
+    mods = _mods(results)
     qtypes = ("digit", "parity", "big")
-    head = [f"{m} {q}" for m in MODALITIES for q in qtypes]
+    head = [f"{m} {q}" for m in mods for q in qtypes]
     lines = ["| model | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
     for row in _rows(results, single=True):
         cells = [_cell(_gather(results, row, lambda r, m=m, q=q: r["single"].get(m, {}).get(q)))
-                 for m in MODALITIES for q in qtypes]
+                 for m in mods for q in qtypes]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return lines
 
@@ -77,9 +85,10 @@ def _combined_table(results: dict[str, Any]) -> list[str]:
 
 
 def _complementary_table(results: dict[str, Any]) -> list[str]:
-    cols = MODALITIES + COMBOS
+    mods = tuple(m for m in _mods(results) if m != "text")
+    cols = mods + COMBOS
     first = next(iter(results["seeds"].values()))
-    noise = ", ".join(f"{m} σ = {first['noise'][m]:.2f}" for m in MODALITIES) if first.get("noise") else ""
+    noise = ", ".join(f"{m} σ = {first['noise'][m]:.2f}" for m in mods) if first.get("noise") else ""
     lines = [f"Noise (× feature std, calibrated per seed on val so each specialist alone is ~60 %; seed "
              f"{next(iter(results['seeds']))}: {noise}).", "",
              "| model | " + " | ".join(f"{c} alone" if "+" not in c else c for c in cols) + " | avg combined |",
@@ -116,14 +125,14 @@ def _real_table(results: dict[str, Any]) -> list[str]:
     return lines if len(lines) > 2 else []
 
 
-def _retention_table(results: dict[str, Any]) -> list[str]:
-    lines = ["| model | cosine to base embeddings |", "|---|---|"]
+def _scalar_table(results: dict[str, Any], key: str, header: str) -> list[str]:
+    """One column of a per-row figure that is not an accuracy (4 decimals, mean ± std over seeds)."""
+    lines = [f"| model | {header} |", "|---|---|"]
     for row in _rows(results):
-        values = _gather(results, row, lambda r: r.get("retention"))
+        values = _gather(results, row, lambda r: r.get(key))
         if values:
-            pct = np.asarray(values)
-            cell = f"{pct.mean():.4f}" if len(pct) == 1 else f"{pct.mean():.4f} ± {pct.std(ddof=1):.4f}"
-            lines.append(f"| {row} | {cell} |")
+            v = np.asarray(values)
+            lines.append(f"| {row} | {v.mean():.4f}" + (f" ± {v.std(ddof=1):.4f}" if len(v) > 1 else "") + " |")
     return lines if len(lines) > 2 else []
 
 
@@ -155,35 +164,114 @@ def _tuned(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _mean_of(values: dict[str, float], keys) -> float | None:
+    got = [values[k] for k in keys if k in values]
+    return float(np.mean(got)) if got and len(got) == len(list(keys)) else None
+
+
+def _main_table(results: dict[str, Any]) -> list[str]:
+    """The paper's Tables 1–3 in one: modalities alone, their average, every combination, complementary, retention."""
+    mods = _mods(results)
+    head = [*mods, "avg", *COMBOS, "complementary", "retention"]
+    lines = ["| model | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    first = next(iter(results["seeds"].values()))["rows"]
+    for row in _rows(results):
+        cells = [_cell(_gather(results, row, lambda r, m=m: float(np.mean(list(r["single"][m].values())))
+                               if m in r["single"] else None)) for m in mods]
+        has_all = all(m in first[row]["single"] for m in mods)
+        cells.append(_cell(_gather(results, row, single_mean)) if has_all else "—")
+        cells += [_cell(_gather(results, row, lambda r, c=c: r["combined"].get(c))) for c in COMBOS]
+        cells.append(_cell(_gather(results, row, lambda r: _mean_of(r.get("complementary") or {}, COMBOS))))
+        kept = _gather(results, row, lambda r: r.get("retention"))
+        cells.append(f"{np.mean(kept):.3f}" if kept else "—")
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _lambda_table(results: dict[str, Any]) -> list[str]:
+    """The λ each row's merge used, per weight (min–max over weights, mean over seeds): what auto chose."""
+    lines = ["| model | λ used (mean over weights; min–max) |", "|---|---|"]
+    for row in _rows(results):
+        used = _gather(results, row, lambda r: r.get("lambda_used"))
+        if used and "(auto)" in row:
+            u = np.asarray(used)
+            lines.append(f"| {row} | {u[:, 1].mean():.3f} ({u[:, 0].min():.3f}–{u[:, 2].max():.3f}) |")
+    return lines if len(lines) > 2 else []
+
+
+def _choosing_k(results: dict[str, Any]) -> list[str]:
+    """Per seed: the k inspect-spectrum suggests, against the ablation's best k (single-modality average)."""
+    lines = ["| seed | suggested k (inspect-spectrum) | best k of the ablation | its single avg | suggested k's single avg |",
+             "|---|---|---|---|---|"]
+    for seed, s in results["seeds"].items():
+        abl = s.get("rank_ablation") or {}
+        if not abl:
+            continue
+        best = max(abl, key=lambda k: single_mean(abl[k]))
+        sk = s.get("suggested_k")
+        at = f"{100 * single_mean(abl[str(sk)]):.1f}" if sk is not None and str(sk) in abl else "not in the ablation"
+        lines.append(f"| {seed} | {sk} | {best} | {100 * single_mean(abl[best]):.1f} | {at} |")
+    return lines if len(lines) > 2 else []
+
+
 def markdown(results: dict[str, Any]) -> str:
-    """The whole results page."""
+    """The whole results page: one section per regime."""
+    out = [f"# Quality lab results ({results['mode']})", "",
+           f"Accuracy in %, mean ± sample std over seeds where there are several. Wall time of the invocation that "
+           f"wrote this: {results['wall_seconds']:.0f} s. How to read and rerun: docs/lab.md.", ""]
+    regimes = results.get("regimes") or {"": results}
+    for name, reg in regimes.items():
+        out += _regime_markdown(name, reg)
+    return "\n".join(out)
+
+
+def _regime_markdown(name: str, results: dict[str, Any]) -> list[str]:
     seeds = ", ".join(results["seeds"])
     cpu = ", ".join(f"{s.get('cpu_seconds', float('nan')):.0f}" for s in results["seeds"].values())
-    out = [f"# Quality lab results ({results['mode']})", "",
-           f"Seeds: {seeds} (mean ± sample std over seeds where there are several). Accuracy in %. "
-           f"Wall time of the invocation that wrote this: {results['wall_seconds']:.0f} s; CPU seconds per seed "
-           f"in that invocation: {cpu}. How to read and rerun: docs/lab.md.", "",
-           "## Single modality (mean over the three question types; chance ≈ 40 %: 10 %, 50 %, 50 %)", "",
-           *_single_table(results), "",
-           "## Per question type", "", *_qtype_table(results), "",
-           "## Combined modalities, never trained on (four options, chance 25 %)", "",
-           *_combined_table(results), ""]
+    wall = ", ".join(f"{s.get('wall_seconds', float('nan')):.0f}" for s in results["seeds"].values())
+    reg = results.get("regime") or {}
+    h = "## " if name else "# "
+    sub = "### " if name else "## "
+    first = next(iter(results["seeds"].values()))
+    setting = (f"LoRA rank r = {reg['rank']} (α = {reg['alpha']}), {reg['steps']} steps at lr {reg['lr']:g}, "
+               f"{len(reg['modalities'])} specialists ({', '.join(reg['modalities'])}), Σr = {first['total_rank']}. "
+               if reg else "")
+    out = ([f"{h}Regime: {name}", ""] if name else []) + [
+        f"{setting}Seeds: {seeds}; wall seconds per seed: {wall}; CPU seconds per seed: {cpu}.", "",
+        f"{sub}Main table", "",
+        "Single modality: mean over the three question types (chance ≈ 40 %); combinations: four options (chance "
+        "25 %), never trained on; complementary: mean of the four degraded combinations; retention: cosine to the "
+        "base's sentence embeddings (1 = untouched).", "",
+        *_main_table(results), ""]
+    drifts = _scalar_table(results, "drift", "‖Δ‖_F / ‖W₀‖_F (LoRA-targeted weights)")
+    if drifts:
+        out += [f"{sub}How far the LoRAs moved", "", *drifts, ""]
+    lams = _lambda_table(results)
+    if lams:
+        out += [f"{sub}λ chosen by `lambda: auto`", "", *lams, ""]
+    out += [f"{sub}Single modality", "", *_single_table(results), "",
+            f"{sub}Per question type", "", *_qtype_table(results), "",
+            f"{sub}Combined modalities, never trained on (four options, chance 25 %)", "",
+            *_combined_table(results), ""]
     real = _real_table(results)
     if real:
-        out += ["## Real human recordings (audio; 30 clips: Tux Paint en, Tux Paint en_GB, Asterisk en_US)", "",
+        out += [f"{sub}Real human recordings (audio; 30 clips: Tux Paint en, Tux Paint en_GB, Asterisk en_US)", "",
                 "Never trained on: the specialists heard only TTS. The interval resamples the 30 clips (each clip "
                 "scored as its mean over question types and seeds); it, not the mean, is the result.", "", *real, ""]
     comp = _complementary_table(results)
     if comp:
-        out += ["## Complementary evidence (degraded inputs, four options, chance 25 %)", "", *comp, ""]
-    kept = _retention_table(results)
+        out += [f"{sub}Complementary evidence (degraded inputs, four options, chance 25 %)", "", *comp, ""]
+    kept = _scalar_table(results, "retention", "cosine to base embeddings")
     if kept:
-        out += ["## Language retention (mean cosine, base vs merged sentence embeddings of held-out English; 1 = untouched)",
+        out += [f"{sub}Language retention (mean cosine, base vs merged sentence embeddings of held-out English; 1 = untouched)",
                 "", *kept, ""]
     ablation = _ablation_table(results)
     if ablation:
-        out += ["## Rank ablation (SSAM)", "", *ablation, ""]
+        out += [f"{sub}Rank ablation (SSAM)", "", *ablation, ""]
+    choosing = _choosing_k(results)
+    if choosing:
+        out += [f"{sub}Choosing k from the spectrum", "", *choosing, ""]
     tuned = _tuned(results)
     if tuned:
-        out += ["## Parameters chosen on the validation split", "", *tuned, ""]
-    return "\n".join(out)
+        out += [f"{sub}Parameters chosen on the validation split", "", *tuned, ""]
+    return out

@@ -1,7 +1,8 @@
-"""The quality lab: train (or reuse) three specialists, merge them with every method through `ssam merge`,
-choose parameters on validation data, score the merges on test data, and write results.md + results.json.
+"""The quality lab: train (or reuse, by content hash) four specialists and a jointly trained reference in two
+regimes, merge the specialists with every method through `ssam merge`, choose parameters on validation data,
+score the merges on test data, and write results.md + results.json.
 
-    python benchmarks/lab/run.py              # full: 3 seeds, tuned + default + λ=1/n rows, rank ablation
+    python benchmarks/lab/run.py              # full: both regimes, 3 seeds, default / λ=1/n / auto / val-tuned rows
     python benchmarks/lab/run.py --quick      # CI smoke: the committed demo specialists, defaults, subsets
 
 See docs/lab.md for what the numbers do and do not show.
@@ -26,15 +27,45 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks.lab` importab
 
 import torch
 
-from benchmarks.lab import assets, data, evaluate, heldout, loaders, merge, report, retention, train
+from benchmarks.lab import assets, data, drift, evaluate, heldout, loaders, merge, report, retention, train
 from benchmarks.lab import model as lm
 
-MODALITIES = ("image", "audio", "points")
+PERCEPTUAL = ("image", "audio", "points")  # the modalities of the combined and complementary tasks
+MODALITIES = (*PERCEPTUAL, lm.TEXT)
 COMBOS = (("image", "audio"), ("image", "points"), ("audio", "points"), ("image", "audio", "points"))
 DEMO = merge.REPO / "recipes" / "demo" / "specialists"
 # --quick fails (exit 1) below these, for every merge method at its default: mean accuracy over the three
 # question types per modality (chance ≈ 0.37) and over the four combinations (chance 0.25).
 QUICK_MIN_SINGLE, QUICK_MIN_COMBINED = 0.55, 0.35
+JOINT_ROW = "jointly trained (one LoRA on the union)"
+
+
+@dataclass(frozen=True)
+class Regime:
+    """How the specialists are trained: LoRA rank and alpha, steps and learning rate, which modalities; and the
+    SSAM ranks of its ablation. `interfering` is the paper's regime (k = r < Σr, updates large enough that a plain
+    sum hurts); `low` is the rank-8 setting of the first lab, where updates barely interfere."""
+
+    name: str
+    rank: int
+    alpha: int
+    steps: int
+    lr: float
+    modalities: tuple[str, ...]
+    ablation_ranks: tuple[int, ...] = ()
+
+    def train_config(self, seed: int, token_lora: bool = False) -> train.TrainConfig:
+        return train.TrainConfig(steps=self.steps, lr=self.lr, seed=seed, token_lora=token_lora, rank=self.rank,
+                                 alpha=self.alpha)
+
+
+REGIMES = {
+    "interfering": Regime("interfering", rank=16, alpha=32, steps=300, lr=1e-2, modalities=MODALITIES,
+                          ablation_ranks=(4, 8, 16, 32, 64)),
+    "low": Regime("low", rank=8, alpha=16, steps=150, lr=2e-3, modalities=MODALITIES),
+}
+DAMC_REGIME = Regime("damc", rank=8, alpha=16, steps=150, lr=2e-3, modalities=PERCEPTUAL)
+DEMO_REGIME = "interfering"  # the committed demo specialists (recipes/demo/specialists) are seed 0 of it
 
 
 @dataclass(frozen=True)
@@ -45,17 +76,15 @@ class Budget:
     test_limit: int
     combined_n: int
     seeds: tuple[int, ...]
-    tune: bool
-    ablation_ranks: tuple[int, ...]
+    tune: bool  # val-tuned rows, the joint reference and the regime's rank ablation
     spaces: tuple[str, ...]  # also merge at defaults in these non-dense spaces, where a method supports them
 
 
-# spaces: core only by default (factor adds ten merges per seed, over the CPU budget; --spaces core factor)
-FULL = Budget(val_limit=40, test_limit=100, combined_n=60, seeds=(0, 1, 2), tune=True, ablation_ranks=(4, 8, 16, 24),
-              spaces=("core",))
-QUICK = Budget(val_limit=60, test_limit=60, combined_n=60, seeds=(0,), tune=False, ablation_ranks=(), spaces=())
+# spaces: none by default (core and factor add merges per seed, over the CPU budget; --spaces core factor)
+FULL = Budget(val_limit=40, test_limit=100, combined_n=60, seeds=(0, 1, 2), tune=True, spaces=())
+QUICK = Budget(val_limit=60, test_limit=60, combined_n=60, seeds=(0,), tune=False, spaces=())
 # The DAMC-style variant (--variant damc): its own specialists, the main table's rows without spaces or ablation.
-DAMC = Budget(val_limit=40, test_limit=100, combined_n=60, seeds=(0, 1, 2), tune=True, ablation_ranks=(), spaces=())
+DAMC = Budget(val_limit=40, test_limit=100, combined_n=60, seeds=(0, 1, 2), tune=True, spaces=())
 
 
 @dataclass
@@ -63,6 +92,7 @@ class Lab:
     base: Path
     work: Path
     budget: Budget
+    regime: Regime
     datas: dict[str, data.ModalityData] = field(default_factory=dict)
     cache: dict[str, dict[str, Any]] = field(default_factory=dict)
     outputs: dict[str, Path] = field(default_factory=dict)
@@ -78,39 +108,47 @@ class Lab:
             self.base_embeddings = retention.embed(lm.load_bert(self.base), model.tokenizer, self.texts)
         return retention.retention(self.base_embeddings, model, self.texts)
 
+    def trained(self, mods: tuple[str, ...], seed: int) -> Path:
+        """The adapter trained on `mods` (one: a specialist; all: the joint model) for `seed`, from the content-hash
+        cache (assets.CACHE/specialists/<modalities>-<hash>) or trained now."""
+        cfg = self.regime.train_config(seed, self.token_lora)
+        datas = [self.datas[m] for m in mods]
+        label = mods[0] if len(mods) == 1 else "joint"
+        folder = assets.CACHE / "specialists" / f"{label}-{train.cache_key(cfg, datas)}"
+        if not (folder / train.ADAPTER_WEIGHTS).is_file():
+            secs = train.timed_train(self.base, datas, cfg, folder)
+            print(f"  trained {label} ({self.regime.name}, seed {seed}) in {secs:.0f} s", flush=True)
+        return folder
+
     def specialists(self, seed: int, reuse_demo: bool) -> list[tuple[str, Path, str]]:
         """(name, adapter folder, modality) per modality: the committed demo ones, or trained (cached) for `seed`."""
-        out = []
-        for mod in MODALITIES:
-            folder = DEMO / mod if reuse_demo else self.work / f"seed{seed}" / "specialists" / mod
-            if not (folder / train.ADAPTER_WEIGHTS).is_file():
-                cfg = train.TrainConfig(seed=seed, token_lora=self.token_lora)
-                secs = train.timed_train(self.base, self.datas[mod], cfg, folder)
-                print(f"  trained {mod} specialist (seed {seed}) in {secs:.0f} s", flush=True)
-            out.append((mod, folder, mod))
-        return out
+        return [(m, DEMO / m if reuse_demo else self.trained((m,), seed), m) for m in self.regime.modalities]
 
-    def merged(self, method: str, params: dict[str, Any], specialists: list, seed: int, space: str = "dense") -> Path:
-        label = _label(method, params, space)
+    def folder(self, seed: int) -> Path:
+        return self.work / self.regime.name / f"seed{seed}"
+
+    def merged(self, method: str, params: dict[str, Any], specialists: list, seed: int, space: str = "dense",
+               spectrum: bool = False) -> Path:
+        label = _label(method, params, space) + ("_spectrum" if spectrum else "")
         key = f"{seed}/{label}"
         if key not in self.outputs:
             lowrank = space != "dense" or _lowrank_output(method)
             spec = merge.recipe(method, self.base, specialists, Path("out") / label, params,
                                 fmt="lora" if lowrank else "full", seed=seed, space=space)
-            self.outputs[key] = merge.run_merge(spec, self.work / f"seed{seed}" / "recipes" / f"{label}.yaml",
-                                                reuse=self.reuse)
+            self.outputs[key] = merge.run_merge(spec, self.folder(seed) / "recipes" / f"{label}.yaml",
+                                                reuse=self.reuse, spectrum=spectrum)
         return self.outputs[key]
 
     def score(self, model: lm.PrefixLM, split: str, limit: int, combined_n: int, seed: int = 0,
               light: bool = False) -> dict[str, Any]:
         """Single-modality accuracy per question type; on test also the clean combinations and, unless `light`
-        (the merge-space rows, to fit the CPU budget), the degraded ones and the real recordings."""
-        single = {m: evaluate.single_accuracy(model, m, getattr(self.datas[m], split), limit) for m in MODALITIES
-                  if m in model.towers}
+        (the merge-space and ablation rows, to fit the CPU budget), the degraded ones and the real recordings."""
+        single = {m: evaluate.single_accuracy(model, m, getattr(self.datas[m], split), limit)
+                  for m in self.regime.modalities if m in model.towers}
         res: dict[str, Any] = {"single": single, "combined": {}}
         if not combined_n:
             return res
-        present = [m for m in MODALITIES if m in model.towers]
+        present = [m for m in PERCEPTUAL if m in model.towers]
         for combo in COMBOS:
             if set(combo) <= set(present):
                 splits = {m: getattr(self.datas[m], split) for m in combo}
@@ -128,9 +166,11 @@ class Lab:
         return res
 
     def merge_and_score(self, method: str, params: dict[str, Any], specialists: list, seed: int,
-                        split: str, space: str = "dense") -> dict[str, Any]:
-        key = f"{seed}/{split}/{_label(method, params, space)}"
-        saved = self.work / f"seed{seed}" / "scores" / split / f"{_label(method, params, space)}.json"
+                        split: str, space: str = "dense", light: bool = False) -> dict[str, Any]:
+        light = light or space != "dense"
+        name = _label(method, params, space) + ("_light" if light and space == "dense" else "")
+        key = f"{seed}/{split}/{name}"
+        saved = self.folder(seed) / "scores" / split / f"{name}.json"
         if key not in self.cache and self.reuse and saved.is_file():  # a stopped run resumes where it was
             self.cache[key] = json.loads(saved.read_text())
         if key not in self.cache:
@@ -139,9 +179,10 @@ class Lab:
             model = loaders.load_merged(self.base, out)
             b = self.budget
             res = self.score(model, split, b.val_limit if split == "val" else b.test_limit,
-                             0 if split == "val" else b.combined_n, seed, light=space != "dense")
+                             0 if split == "val" else b.combined_n, seed, light=light)
             res["params"] = params
             res["space"] = space
+            res["lambda_used"] = _lambdas_used(out)
             if split == "test":
                 res["retention"] = self.retention(model)
             self.cache[key] = res
@@ -149,6 +190,25 @@ class Lab:
             saved.write_text(json.dumps(res))
             print(f"  {key}: single {report.single_mean(res):.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
         return self.cache[key]
+
+
+def _lambdas_used(output: Path) -> list[float] | None:
+    """min, mean and max over the merged weights of the λ the manifest records (None for a method without λ)."""
+    tensors = json.loads((output / "manifest.json").read_text()).get("tensors") or {}
+    lams = [float(t["lambda"]) for t in tensors.values() if isinstance(t, dict) and t.get("lambda") is not None]
+    return [min(lams), sum(lams) / len(lams), max(lams)] if lams else None
+
+
+def _resolved(method: str, params: dict[str, Any], n: int, total_rank: int) -> str:
+    """The parameters as the method will run them (its defaults filled in, k capped at Σr), so variants that
+    are the same merge (SSAM's default and λ = 1/n; task arithmetic's default and λ = 1) are merged once."""
+    full: dict[str, Any] = {}
+    if "lambda" in _accepts(method):
+        full["lambda"] = params.get("lambda", 1.0 / n if method == "ssam" else 1.0)  # SSAM's paper default: 1/n
+    if "rank" in _accepts(method):
+        full["rank"] = min(params.get("rank", _registry()[method].params.model_fields["rank"].default), total_rank)
+    full.update({k: v for k, v in params.items() if k not in full})
+    return _label(method, {k: round(v, 9) if isinstance(v, float) else v for k, v in full.items()})
 
 
 def _label(method: str, params: dict[str, Any], space: str = "dense") -> str:
@@ -178,6 +238,13 @@ def _accepts(method: str) -> set[str]:
     return {f.alias or name for name, f in fields.items()}
 
 
+def _takes_auto(method: str) -> bool:
+    """Whether the method accepts `lambda: auto` (the data-free rule, docs/methods.md)."""
+    from ssam_cli.methods.base import AutoScaledParams
+
+    return issubclass(_registry()[method].params, AutoScaledParams)
+
+
 def grid(method: str, n: int, total_rank: int) -> list[dict[str, Any]]:
     """The validation grid: λ ∈ {1/n, 2/n, 1} and, for rank methods, k ∈ {Σr/3, Σr} where the method takes them."""
     accepts = _accepts(method)
@@ -197,8 +264,8 @@ def grid(method: str, n: int, total_rank: int) -> list[dict[str, Any]]:
 def calibrate_noise(lab: Lab, seed: int, specialists: dict[str, lm.PrefixLM]) -> dict[str, float]:
     """Per modality the noise level at which its specialist is ~60 % right alone (on val), and the degraded
     test splits at those levels: the complementary-evidence task of the seed."""
-    sigmas = {m: evaluate.calibrate(specialists[m], m, lab.datas[m].val) for m in MODALITIES}
-    lab.noisy[seed] = {m: evaluate.degrade(lab.datas[m].test, sigmas[m], seed=1) for m in MODALITIES}
+    sigmas = {m: evaluate.calibrate(specialists[m], m, lab.datas[m].val) for m in PERCEPTUAL}
+    lab.noisy[seed] = {m: evaluate.degrade(lab.datas[m].test, sigmas[m], seed=1) for m in PERCEPTUAL}
     return sigmas
 
 
@@ -208,12 +275,12 @@ def _fusion_row(lab: Lab, seed: int, models: dict[str, lm.PrefixLM]) -> dict[str
             "combined": {"+".join(c): evaluate.fusion_accuracy(models, {m: lab.datas[m].test for m in c}, n)
                          for c in COMBOS},
             "complementary": {"+".join(c): evaluate.fusion_accuracy(models, {m: lab.noisy[seed][m] for m in c}, n)
-                              for c in [(m,) for m in MODALITIES] + list(COMBOS)}}
+                              for c in [(m,) for m in PERCEPTUAL] + list(COMBOS)}}
 
 
 def run_seed(lab: Lab, seed: int, reuse_demo: bool, methods: list[str]) -> dict[str, Any]:
     specialists = lab.specialists(seed, reuse_demo)
-    n, total_rank = len(specialists), lm.LORA_RANK * len(specialists)
+    n, total_rank = len(specialists), lab.regime.rank * len(specialists)
     b = lab.budget
     models = {mod: loaders.load_specialist(lab.base, folder) for _, folder, mod in specialists}
     sigmas = calibrate_noise(lab, seed, models) if b.combined_n else {}
@@ -221,22 +288,36 @@ def run_seed(lab: Lab, seed: int, reuse_demo: bool, methods: list[str]) -> dict[
     for name, folder, mod in specialists:
         res = lab.score(models[mod], "test", b.test_limit, b.combined_n, seed)
         res["retention"] = lab.retention(models[mod])
+        res["drift"] = drift.relative_drift(lab.base, folder)
         rows[f"specialist: {name}"] = res
     if b.combined_n:
         rows["specialists, late fusion (reference)"] = _fusion_row(lab, seed, models)
+    if b.tune:  # the paper's reference: one LoRA (and every tower) trained on the union of the specialists' data
+        joint = lab.trained(lab.regime.modalities, seed)
+        joint_model = loaders.load_specialist(lab.base, joint)
+        res = lab.score(joint_model, "test", b.test_limit, b.combined_n, seed)
+        res["retention"] = lab.retention(joint_model)
+        res["drift"] = drift.relative_drift(lab.base, joint)
+        rows[JOINT_ROW] = res
     tuned: dict[str, dict[str, Any]] = {}
     for method in methods:
         variants: dict[str, tuple[dict[str, Any], str]] = {"default": ({}, "dense")}
         if b.tune and "lambda" in _accepts(method):
             variants["λ=1/n"] = ({"lambda": 1.0 / n}, "dense")
+        if _takes_auto(method):
+            variants["auto"] = ({"lambda": "auto"}, "dense")
         if b.tune:
             val = {_label(method, p): (p, lab.merge_and_score(method, p, specialists, seed, "val"))
                    for p in grid(method, n, total_rank)}
             best = max(val.values(), key=lambda pv: report.single_mean(pv[1]))[0]
             variants["val-tuned"] = (best, "dense")
             tuned[method] = best
+        scored: dict[str, dict[str, Any]] = {}  # one merge per distinct resolved parameter set
         for tag, (params, space) in variants.items():
-            rows[f"{method} ({tag})"] = lab.merge_and_score(method, params, specialists, seed, "test", space)
+            same = _resolved(method, params, n, total_rank) + space
+            if same not in scored:
+                scored[same] = lab.merge_and_score(method, params, specialists, seed, "test", space)
+            rows[f"{method} ({tag})"] = scored[same]
     any_merge = lab.merged(methods[0], tuned.get(methods[0], {}), specialists, seed)
     rows["towers on base (no LoRA merged)"] = lab.score(_towers_on_base(lab.base, any_merge), "test",
                                                          b.test_limit, b.combined_n, seed)
@@ -245,10 +326,18 @@ def run_seed(lab: Lab, seed: int, reuse_demo: bool, methods: list[str]) -> dict[
             if space in _spaces(method):
                 rows[f"{method} (default, {space})"] = lab.merge_and_score(method, {}, specialists, seed, "test", space)
     ablation = {}
-    for k in b.ablation_ranks:
-        params = {**tuned.get("ssam", {}), "rank": k}
-        ablation[str(k)] = lab.merge_and_score("ssam", params, specialists, seed, "test")
-    return {"rows": rows, "tuned": tuned, "rank_ablation": ablation, "total_rank": total_rank, "noise": sigmas}
+    for k in lab.regime.ablation_ranks if b.tune and "ssam" in tuned else ():
+        params = {**tuned["ssam"], "rank": k}
+        ablation[str(k)] = lab.merge_and_score("ssam", params, specialists, seed, "test", light=True)
+    return {"rows": rows, "tuned": tuned, "rank_ablation": ablation, "total_rank": total_rank, "noise": sigmas,
+            "suggested_k": suggested_k(lab, specialists, seed, total_rank) if "ssam" in methods else None}
+
+
+def suggested_k(lab: Lab, specialists: list, seed: int, total_rank: int) -> int | None:
+    """The k `inspect-spectrum` suggests for these specialists (the spectrum summary of a k = Σr SSAM merge)."""
+    out = lab.merged("ssam", {"rank": total_rank}, specialists, seed, spectrum=True)
+    summary = json.loads((out / "manifest.json").read_text()).get("spectrum") or {}
+    return (summary.get("suggested_k") or {}).get("model")
 
 
 def _towers_on_base(base: Path, merged_out: Path) -> lm.PrefixLM:
@@ -282,19 +371,19 @@ def _quiet_transformers() -> None:
     transformers.logging.disable_progress_bar()
 
 
-def _seed_task(task: tuple) -> tuple[int, dict[str, Any]]:
-    """One seed from scratch in this process (also the unit a worker process runs)."""
-    base, work, budget, reuse, seed, quick, methods, damc = task
+def _seed_task(task: tuple) -> tuple[str, int, dict[str, Any]]:
+    """One (regime, seed) from scratch in this process (also the unit a worker process runs)."""
+    base, work, budget, regime, reuse, seed, quick, methods, damc = task
     torch.set_num_threads(1)  # a shared 2-core machine: one thread per process beats oversubscribing
     _quiet_transformers()
-    lab = Lab(base, work, budget, {m: data.load(m) for m in MODALITIES}, reuse=reuse, real=data.real_audio()[0],
-              token_lora=damc)
-    print(f"seed {seed}", flush=True)
+    lab = Lab(base, work, budget, regime, {m: data.load(m) for m in regime.modalities}, reuse=reuse,
+              real=data.real_audio()[0], token_lora=damc)
+    print(f"{regime.name} seed {seed}", flush=True)
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
     result = run_seed(lab, seed, reuse_demo=quick, methods=methods)
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
     result["cpu_seconds"] = round(_cpu_seconds() - cpu0, 1)
-    return seed, result
+    return regime.name, seed, result
 
 
 def _cpu_seconds() -> float:
@@ -317,9 +406,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", choices=("llava", "damc"), default="llava",
                         help="damc: specialists with a separate, kept LoRA on their modality tokens (results-damc.*)")
     parser.add_argument("--spaces", nargs="*", choices=("factor", "core"),
-                        help="non-dense merge spaces to add at defaults (full mode default: core)")
-    parser.add_argument("--jobs", type=int, default=3, help="seeds run in parallel processes (one thread each)")
-    parser.add_argument("--export-demo", action="store_true", help="copy the seed-0 specialists and a held-out set to recipes/demo/")
+                        help="non-dense merge spaces to add at defaults (default: none)")
+    parser.add_argument("--regimes", nargs="*", choices=tuple(REGIMES),
+                        help="full mode: which regimes to run (default: interfering low)")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="(regime, seed) tasks run in parallel processes (one thread each)")
+    parser.add_argument("--export-demo", action="store_true",
+                        help=f"copy the {DEMO_REGIME} regime's seed-0 specialists and a held-out set to recipes/demo/")
     args = parser.parse_args(argv)
     base = assets.base_model_dir()
     if base is None:
@@ -340,33 +433,40 @@ def main(argv: list[str] | None = None) -> int:
     if args.spaces is not None:
         budget = Budget(**{**budget.__dict__, "spaces": tuple(args.spaces)})
     mode = "quick" if args.quick else "damc" if damc else "full"
+    regimes = ([REGIMES[DEMO_REGIME]] if args.quick else [DAMC_REGIME] if damc
+               else [REGIMES[r] for r in (args.regimes or REGIMES)])
     work = assets.CACHE / mode
-    jobs = max(1, min(args.jobs, len(budget.seeds)))
     t0 = time.perf_counter()
-    per_seed: dict[str, Any] = {}
+    per_regime: dict[str, dict[str, Any]] = {r.name: {} for r in regimes}
     name = "results" if mode == "full" else f"results-{mode}"
     args.out.mkdir(parents=True, exist_ok=True)
-    tasks = [(base, work, budget, args.reuse, seed, args.quick, methods, damc) for seed in budget.seeds]
+    # interleaved so that every regime has seed 0 first: a run stopped early has both regimes at one seed
+    tasks = [(base, work, budget, r, args.reuse, seed, args.quick, methods, damc)
+             for seed in budget.seeds for r in regimes]
+    jobs = max(1, min(args.jobs, len(tasks)))
     if jobs == 1:
         finished = (_seed_task(t) for t in tasks)
-    else:  # one process per seed: seeds are independent, and each process uses one thread
+    else:  # one process per task: tasks are independent, and each process uses one thread
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
         finished = (f.result() for f in as_completed([pool.submit(_seed_task, t) for t in tasks]))
-    for seed, result in finished:
-        per_seed[str(seed)] = result
-        # written after every seed, so a long run that is stopped still leaves its finished seeds
-        ordered = {k: per_seed[k] for k in sorted(per_seed, key=int)}
-        results = {"mode": mode, "budget": budget.__dict__, "jobs": jobs,
-                   "seeds": ordered, "wall_seconds": round(time.perf_counter() - t0, 1)}
+    for regime_name, seed, result in finished:
+        per_regime[regime_name][str(seed)] = result
+        # written after every task, so a long run that is stopped still leaves its finished seeds
+        results = {"mode": mode, "budget": budget.__dict__, "jobs": jobs, "methods": methods,
+                   "regimes": {r.name: {"regime": r.__dict__,
+                                        "seeds": {k: per_regime[r.name][k] for k in sorted(per_regime[r.name], key=int)}}
+                               for r in regimes if per_regime[r.name]},
+                   "wall_seconds": round(time.perf_counter() - t0, 1)}
         (args.out / f"{name}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
         (args.out / f"{name}.md").write_text(report.markdown(results))
     if args.export_demo and 0 in budget.seeds:
+        lab = Lab(base, work, budget, REGIMES[DEMO_REGIME], {m: data.load(m) for m in MODALITIES})
         for mod in MODALITIES:
-            shutil.copytree(work / "seed0" / "specialists" / mod, DEMO / mod, dirs_exist_ok=True)
+            shutil.copytree(lab.trained((mod,), 0), DEMO / mod, dirs_exist_ok=True)
         heldout.write(DEMO.parent / "heldout.safetensors", {m: data.load(m).test for m in MODALITIES})
     print(f"wrote {args.out / name}.md and .json in {time.perf_counter() - t0:.0f} s")
     if args.quick:
-        failures = quick_failures(per_seed[str(budget.seeds[0])])
+        failures = quick_failures(per_regime[DEMO_REGIME][str(budget.seeds[0])])
         for f in failures:
             print(f"FAIL {f}", file=sys.stderr)
         return 1 if failures else 0

@@ -17,7 +17,7 @@ from tests.lab.helpers import make_tiny_base  # noqa: E402
 def prefix_lm(tmp_path_factory: pytest.TempPathFactory) -> lm.PrefixLM:
     base = make_tiny_base(tmp_path_factory.mktemp("base"))
     torch.manual_seed(0)
-    towers = {m: lm.ModalityTower(m) for m in lm.FEATURE_SHAPES}
+    towers = {m: lm.new_tower(m) for m in lm.FEATURE_SHAPES}
     return lm.PrefixLM(lm.load_bert(Path(base)), lm.load_tokenizer(Path(base)), towers).eval()
 
 
@@ -83,3 +83,19 @@ def test_token_lora_acts_on_its_own_soft_tokens_only(prefix_lm: lm.PrefixLM) -> 
     assert (diff[first:last] > 0).all() and diff[:first].eq(0).all() and diff[last:].eq(0).all()
     torch.testing.assert_close(changed[:, first:last] - plain[:, first:last],
                                audio.token_lora.delta(layer, x[:, first:last]))
+
+
+@torch.no_grad()
+def test_text_tower_is_a_prompt_then_the_expression_word_embeddings(prefix_lm: lm.PrefixLM) -> None:
+    """The text specialist's input goes through the language model's own embeddings (nothing in the tower can
+    compute the answer): the prefix is the learned prompt, then exactly the three words' embeddings."""
+    tower = prefix_lm.towers[lm.TEXT]
+    assert isinstance(tower, lm.TextTower) and [n for n, _ in tower.named_parameters()] == ["prompt"]
+    ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    emb = prefix_lm.bert.get_input_embeddings()
+    prefix = tower(ids, emb)
+    assert prefix.shape == (2, lm.SOFT_TOKENS, lm.HIDDEN)
+    torch.testing.assert_close(prefix[:, 1:], emb(ids))
+    a = prefix_lm([(lm.TEXT, ids[:1])], ["which number is it?"])
+    b = prefix_lm([(lm.TEXT, ids[1:])], ["which number is it?"])
+    assert not torch.allclose(a, b)

@@ -47,3 +47,21 @@ def test_real_and_complementary_tables() -> None:
     lo, hi = (float(v) for v in line.split("|")[-2].split("–"))
     assert lo < 50.0 < hi and hi - lo > 20  # 30 clips: a wide interval
     assert "| ssam (default) | 60.0 ± 0.0 | 60.0 ± 0.0 | 60.0 ± 0.0 | 80.0 ± 0.0 | 80.0 ± 0.0 | 80.0 ± 0.0 | 80.0 ± 0.0 | 80.0 ± 0.0 |" in md
+
+
+def test_regimes_get_a_section_each_with_the_paper_shaped_main_table() -> None:
+    four = ("image", "audio", "points", "text")
+    row = {**_res(0.5), "single": {m: {"digit": 0.5, "parity": 0.5, "big": 0.5} for m in four},
+           "complementary": {c: 0.6 for c in report.COMBOS}, "retention": 0.95, "drift": 0.1,
+           "lambda_used": [0.3, 0.4, 0.5]}
+    ablation = {"16": _res(0.7), "64": _res(0.6)}
+    seed = {"rows": {"ssam (auto)": row}, "tuned": {}, "rank_ablation": ablation, "total_rank": 64,
+            "suggested_k": 64}
+    regime = {"name": "interfering", "rank": 16, "alpha": 32, "steps": 300, "lr": 0.01, "modalities": four}
+    md = report.markdown({"mode": "full", "wall_seconds": 1.0,
+                          "regimes": {"interfering": {"regime": regime, "seeds": {"0": seed}},
+                                      "low": {"regime": {**regime, "rank": 8}, "seeds": {"0": seed}}}})
+    assert "## Regime: interfering" in md and "## Regime: low" in md
+    assert ("| ssam (auto) | 50.0 | 50.0 | 50.0 | 50.0 | 50.0 | 25.0 | 25.0 | 25.0 | 25.0 | 60.0 | 0.950 |" in md)
+    assert "| ssam (auto) | 0.400 (0.300–0.500) |" in md  # the λ auto chose
+    assert "| 0 | 64 | 16 | 70.0 | 60.0 |" in md  # suggested k against the ablation's best

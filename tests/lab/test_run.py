@@ -5,6 +5,25 @@ from __future__ import annotations
 from benchmarks.lab import run
 
 
+def test_auto_rows_only_for_methods_that_take_lambda_auto() -> None:
+    assert run._takes_auto("ssam") and run._takes_auto("task_arithmetic")
+    assert not run._takes_auto("ties") and not run._takes_auto("average")
+
+
+def test_variants_that_are_the_same_merge_resolve_alike() -> None:
+    assert run._resolved("ssam", {}, 4, 64) == run._resolved("ssam", {"lambda": 0.25}, 4, 64)  # k 128 → Σr, λ 1/n
+    assert run._resolved("task_arithmetic", {}, 4, 64) == run._resolved("task_arithmetic", {"lambda": 1.0}, 4, 64)
+    assert run._resolved("ssam", {"lambda": "auto"}, 4, 64) != run._resolved("ssam", {}, 4, 64)
+    assert run._resolved("ssam", {"rank": 16}, 4, 64) != run._resolved("ssam", {}, 4, 64)
+
+
+def test_regimes_k_below_the_total_rank_in_the_interfering_one() -> None:
+    hard, low = run.REGIMES["interfering"], run.REGIMES["low"]
+    assert hard.rank == 16 and len(hard.modalities) == 4 and 16 < hard.rank * len(hard.modalities)
+    assert low.rank == 8 and hard.train_config(2).seed == 2 and hard.train_config(0).rank == 16
+    assert max(hard.ablation_ranks) == hard.rank * len(hard.modalities)
+
+
 def test_grid_covers_lambda_and_rank_only_where_the_method_takes_them() -> None:
     ssam = run.grid("ssam", 3, 24)
     assert {(p["lambda"], p["rank"]) for p in ssam} == {(l, k) for l in (1 / 3, 2 / 3, 1.0) for k in (8, 24)}
@@ -26,7 +45,7 @@ def _seed(single: float, combined: float) -> dict:
 def test_quick_failures_flag_merges_near_chance_only() -> None:
     assert run.quick_failures(_seed(0.9, 0.8)) == []
     failures = run.quick_failures(_seed(0.4, 0.3))
-    assert len(failures) == 4 and all(f.startswith("ssam (default)") for f in failures)
+    assert len(failures) == len(run.MODALITIES) + 1 and all(f.startswith("ssam (default)") for f in failures)
 
 
 def test_space_is_part_of_the_label_except_the_default_dense() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +91,40 @@ def test_damc_specialist_trains_its_token_lora_and_keeps_it_through_a_merge(tmp_
         merged.towers["image"].token_lora = None
         without = merged([("image", x)], ["which digit is this?"] * 4)
     assert not torch.allclose(with_lora, without)
+
+
+def test_cache_key_follows_config_and_data() -> None:
+    from benchmarks.lab.data import ModalityData, Split
+
+    rng = np.random.default_rng(0)
+    split = Split(rng.random((10, 64)).astype(np.float32), rng.integers(0, 10, 10))
+    d = ModalityData("image", split, split, split)
+    key = train.cache_key(train.TrainConfig(), [d])
+    assert key == train.cache_key(train.TrainConfig(), [d])
+    assert key != train.cache_key(train.TrainConfig(seed=1), [d])
+    assert key != train.cache_key(train.TrainConfig(rank=16, alpha=32), [d])
+    other = Split(split.x.copy(), split.y.copy())
+    other.x[0, 0] += 1.0
+    assert key != train.cache_key(train.TrainConfig(), [ModalityData("image", other, split, split)])
+
+
+def test_joint_model_trains_one_lora_and_every_tower_and_loads_back(tmp_path: Path) -> None:
+    """The jointly trained reference: one rank-4 LoRA and a tower per modality (text included), exported as one
+    adapter whose config carries the rank and alpha, loaded back with all towers answering the same."""
+    from benchmarks.lab.data import ModalityData, Split
+
+    base = make_tiny_base(tmp_path / "base")
+    rng = np.random.default_rng(0)
+    image = Split(rng.random((20, 64)).astype(np.float32), rng.integers(0, 10, 20))
+    text = Split(rng.integers(5, 20, (20, 3)).astype(np.int64), rng.integers(0, 10, 20))
+    datas = [ModalityData("image", image, image, image), ModalityData("text", text, text, text)]
+    cfg = train.TrainConfig(steps=2, batch=8, rank=4, alpha=8)
+    secs = train.timed_train(base, datas, cfg, tmp_path / "joint")
+    assert secs > 0 and not (tmp_path / "joint.partial").exists()
+    config = json.loads((tmp_path / "joint" / train.ADAPTER_CONFIG).read_text())
+    assert (config["r"], config["lora_alpha"]) == (4, 8)
+    model = loaders.load_specialist(base, tmp_path / "joint")
+    assert set(model.towers) == {"image", "text"}
+    with torch.no_grad():
+        out = model([("text", torch.from_numpy(text.x[:2]))], ["which number is it?"] * 2)
+    assert out.shape == (2, lm.HIDDEN)
