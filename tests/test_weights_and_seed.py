@@ -151,3 +151,20 @@ def test_dare_weights_scale_each_rescaled_update(root):
     got = dare(root, "dare-p0", seed=0, specialists=(("fa", 1.0), ("fb", 0.5)), p=0.0)
     for t in LINEAR:
         assert rel_err(got[t], update(root, "fa", t) + 0.5 * update(root, "fb", t)) < TOL, t
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "average", "ssam"])
+def test_a_lora_output_carries_the_weights(root, method):
+    """format: lora keeps the weighted merge factored: the adapter, read as PEFT reads it, is the weighted merge."""
+    recipe = write_recipe(root / f"lo-{method}.yaml", Path("base"), [("la", Path("la")), ("lb", Path("lb"))],
+                          method=method, parameters={"rank": 5} if method == "ssam" else {},
+                          output={"path": f"lo-{method}", "format": "lora", "dtype": "float32"})
+    data = yaml.safe_load(recipe.read_text())
+    data["specialists"][1]["weight"] = 0.5
+    recipe.write_text(yaml.safe_dump(data, sort_keys=False))
+    result = CliRunner().invoke(app, ["merge", str(recipe), "-q", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    for t in LINEAR:
+        a, b = update(root, "la", t), 0.5 * update(root, "lb", t)
+        want = {"task_arithmetic": a + b, "average": (a + b) / 1.5, "ssam": ssam_reference([a, b], 5, 0.5)}[method]
+        assert rel_err(known_update(root / f"lo-{method}", t, root / "base"), want) < TOL, t
