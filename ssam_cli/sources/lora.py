@@ -3,6 +3,10 @@
 Every lora_A/lora_B pair becomes a LowRankDelta on the base weight it targets, with PEFT's scale
 alpha/r (alpha/√r with use_rslora; rank_pattern/alpha_pattern honoured). Keys lose PEFT's wrapping
 (`base_model.model.`, the adapter name, `modules_to_save.<name>`) so they name base tensors.
+
+An adapter PEFT would load differently is refused, naming adapter_config.json: factors whose rank is not the
+config's r (or rank_pattern's), LoRA weights of modules target_modules does not name (PEFT ignores them), and
+target_modules naming none of the adapter's modules.
 """
 
 from __future__ import annotations
@@ -67,8 +71,13 @@ class LoraAdapter(Source):
         if config.get("use_dora"):
             raise InputError(f"{path}: DoRA adapters are not supported (use_dora: true); merge their full weights instead")
         for key in ("r", "lora_alpha"):
-            if not isinstance(config.get(key), (int, float)) or config[key] <= 0:
-                raise InputError(f"{path}: {key} must be a positive number, got {config.get(key)!r}")
+            _check_positive(path, key, config.get(key))
+        for key in ("rank_pattern", "alpha_pattern"):
+            patterns = config.get(key) or {}
+            if not isinstance(patterns, dict):
+                raise InputError(f"{path}: {key} must be a mapping of module pattern → number, got {patterns!r}")
+            for pattern, value in patterns.items():
+                _check_positive(path, f"{key}[{pattern!r}]", value)
         return config
 
     @staticmethod
@@ -119,17 +128,48 @@ class LoraAdapter(Source):
                 r, shape = a.shape[0], (b.shape[0], a.shape[1])
             if b.shape[1] != r:
                 raise InputError(f"{self._weights_file}: {module}: lora_A rank {r} and lora_B rank {b.shape[1]} differ")
+            said, where = self._configured(module, "rank_pattern", "r")
+            if r != said:
+                raise InputError(f"{self.path / CONFIG}: {where} is {said:g} but {module} has rank-{r} factors in "
+                                 f"{self._weights_file.name}; PEFT cannot load this adapter")
             weight = f"{module}.weight"
             self._pairs[weight] = _Pair(sides["A"], sides["B"], embedding)
             self._lowrank[weight] = LowRankInfo(shape, r)
+        self._check_targets([w[: -len(".weight")] for w in self._pairs])
+
+    def _configured(self, module: str, pattern_key: str, key: str) -> tuple[float, str]:
+        """The config's value for a module, as PEFT picks it: the first matching `pattern_key` entry, else `key`;
+        with the name of the entry it came from, for messages."""
+        for pattern, value in (self.config.get(pattern_key) or {}).items():
+            if re.match(rf"(.*\.)?({pattern})$", module):
+                return float(value), f"{pattern_key}[{pattern!r}]"
+        return float(self.config[key]), key
+
+    def _check_targets(self, modules: list[str]) -> None:
+        """target_modules (a list of names or suffixes, or one regular expression) must name every module with LoRA
+        weights, as PEFT creates LoRA layers only there and ignores weights elsewhere."""
+        targets = self.config.get("target_modules")
+        if targets is None or targets == "all-linear" or not modules:
+            return
+        if isinstance(targets, str):
+            targeted = [m for m in modules if re.fullmatch(targets, m)]
+        elif isinstance(targets, list) and all(isinstance(t, str) for t in targets):
+            targeted = [m for m in modules if m in targets or any(m.endswith(f".{t}") for t in targets)]
+        else:
+            raise InputError(f"{self.path / CONFIG}: target_modules must be a list of module names or a regular "
+                             f"expression, got {targets!r}")
+        if not targeted:
+            raise InputError(f"{self.path / CONFIG}: target_modules {targets!r} match none of the {len(modules)} "
+                             f"modules with LoRA weights in {self._weights_file.name} (e.g. {sorted(modules)[0]})")
+        missed = sorted(set(modules) - set(targeted))
+        if missed and not self.config.get("layers_to_transform"):
+            raise InputError(f"{self.path / CONFIG}: target_modules {targets!r} do not name {missed[0]}, which has "
+                             f"LoRA weights in {self._weights_file.name} (PEFT would ignore them)")
 
     def scale(self, weight: str, rank: int) -> float:
-        """PEFT's scaling for the module: alpha/r, or alpha/√r with use_rslora; alpha_pattern wins."""
-        module = weight[: -len(".weight")]
-        alpha = float(self.config["lora_alpha"])
-        for key, value in (self.config.get("alpha_pattern") or {}).items():
-            if re.match(rf"(.*\.)?({key})$", module):
-                alpha = float(value)
+        """PEFT's scaling for the module: alpha/r, or alpha/√r with use_rslora; the first matching alpha_pattern
+        entry replaces alpha, as in PEFT."""
+        alpha, _ = self._configured(weight[: -len(".weight")], "alpha_pattern", "lora_alpha")
         denominator = math.sqrt(rank) if self.config.get("use_rslora") else rank
         return alpha / denominator
 
@@ -158,6 +198,11 @@ class LoraAdapter(Source):
     def describe(self) -> dict:
         return {"kind": self.kind, "r": self.config["r"], "lora_alpha": self.config["lora_alpha"],
                 "use_rslora": bool(self.config.get("use_rslora")), "targets": len(self._lowrank)}
+
+
+def _check_positive(path: Path, key: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise InputError(f"{path}: {key} must be a positive finite number, got {value!r}")
 
 
 def load_tensor_pickle(path: Path) -> dict[str, torch.Tensor]:
