@@ -54,8 +54,13 @@ def _int(config: Mapping, key: str, where: str, allow_zero: bool = False) -> int
 
 
 def modalities(config: Mapping) -> list[str]:
-    """infer_modals: the adapters ModelCompose builds, `default` first."""
-    return [LANGUAGE] + [m for m, keys in MODALITY_ENCODERS.items() if any(config.get(k) for k in keys)]
+    """infer_modals: the adapters ModelCompose builds, `default` first (audio and vision when their key is not None,
+    video and point when it is non-empty, as infer_modals tests them)."""
+    def present(m: str) -> bool:
+        values = [config.get(k) for k in MODALITY_ENCODERS[m]]
+        return any(v is not None for v in values) if m in ("audio", "vision") else any(values)
+
+    return [LANGUAGE] + [m for m in MODALITY_ENCODERS if present(m)]
 
 
 def lora_factors(config: Mapping, adapters: list[str], where: str) -> dict[str, Shape]:
