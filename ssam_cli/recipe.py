@@ -299,16 +299,30 @@ def _join(prefix: str, field: str) -> str:
     return f"{prefix}.{field}" if field else prefix
 
 
+# pydantic's names for a union's branches and validator wrappers in an error's location: not recipe fields.
+_BRANCH = re.compile(r"^(str|int|float|bool|none|dict|list|tuple|literal\[.*\]|function-\w+(\[.*\])?)$")
+
+
 def describe_error(e: ValidationError) -> tuple[str, str]:
-    """The first pydantic error as (dotted field with [i] indices, plain-English expectation)."""
-    err = e.errors()[0]
+    """The first pydantic error as (dotted field with [i] indices, plain-English expectation); where the field takes
+    one of several types (a union), every branch's expectation, as in `must be a number or one of 'auto'`."""
+    errors = e.errors()
+    field = _field(errors[0]["loc"])
+    branches = [err for err in errors if _field(err["loc"]) == field]
+    if len(branches) == 1:
+        return field, _message(branches[0])
+    wanted = dict.fromkeys(_message(err).rsplit(", got ", 1)[0].removeprefix("must be ") for err in branches)
+    return field, f"must be {' or '.join(wanted)}, got {branches[0].get('input')!r}"
+
+
+def _field(loc: tuple[Any, ...]) -> str:
     field = ""
-    for part in err["loc"]:
+    for part in loc:
         if isinstance(part, int):
             field += f"[{part}]"
-        elif part not in ("function-after", "function-before") and not str(part).startswith(("str", "int", "dict")):
+        elif not _BRANCH.match(str(part)):
             field = f"{field}.{part}" if field else str(part)
-    return field, _message(err)
+    return field
 
 
 def _message(err: dict[str, Any]) -> str:

@@ -59,10 +59,10 @@ def test_merge_keys_may_still_be_overridden(tmp_path):
     ("rank: 4.0", "", "parameters.rank: must be an integer, got 4.0"),
     ("rank: '4'", "", "parameters.rank: must be an integer, got '4'"),
     ("rank: 4, exact: 1", "", "parameters.exact: must be true or false, got 1"),
-    ("rank: 4, lambda: true", "", "parameters.lambda: must be a number, got True"),
-    ("rank: 4, lambda: .nan", "", "parameters.lambda: must be a finite number, got nan"),
-    ("rank: 4, lambda: .inf", "", "parameters.lambda: must be a finite number, got inf"),
-    ("rank: 4, lambda: -.inf", "", "parameters.lambda: must be a finite number, got -inf"),
+    ("rank: 4, lambda: true", "", "parameters.lambda: must be a number or one of 'auto', got True"),
+    ("rank: 4, lambda: .nan", "", "parameters.lambda: must be a finite number or one of 'auto', got nan"),
+    ("rank: 4, lambda: .inf", "", "parameters.lambda: must be a finite number or one of 'auto', got inf"),
+    ("rank: 4, lambda: -.inf", "", "parameters.lambda: must be a finite number or one of 'auto', got -inf"),
     ("rank: 4", ", weight: .inf", "specialists[0].weight: must be a finite number, got inf"),
     ("rank: 4", ", weight: .nan", "specialists[0].weight: must be a finite number, got nan"),
     ("rank: 4", ", weight: true", "specialists[0].weight: must be a number, got True"),
@@ -74,7 +74,15 @@ def test_numbers_are_strict_and_finite(tmp_path, parameters, weight, expected):
 def test_an_override_is_held_to_the_same_rules(tmp_path):
     p = recipe(tmp_path)
     p.write_text(p.read_text() + "modules: {overrides: [{pattern: '*q_proj*', parameters: {lambda: .nan}}]}\n")
-    assert refused(p) == "modules.overrides[0].parameters.lambda: must be a finite number, got nan"
+    assert refused(p) == "modules.overrides[0].parameters.lambda: must be a finite number or one of 'auto', got nan"
+
+
+@pytest.mark.parametrize("parameters, expected", [
+    ("lr: .nan", "parameters.lr: must be a finite number, got nan"),
+    ("iterations: true", "parameters.iterations: must be an integer, got True"),
+])
+def test_every_method_parameter_is_strict_and_finite(tmp_path, parameters, expected):
+    assert refused(recipe(tmp_path, method="wudi", parameters=parameters)) == expected
 
 
 def test_exponents_without_a_dot_are_numbers_as_in_yaml_1_2(tmp_path):
