@@ -172,6 +172,8 @@ class AtomicFolder:
             if exc is not None:
                 if isinstance(exc, OSError):
                     raise UserError(f"{describe_os_error(exc, self.target)}; {self._unchanged()}") from None
+                if isinstance(exc, Exception) and not isinstance(exc, UserError) and _out_of_space(self.tmp, exc):
+                    raise UserError(f"{self.target}: {os.strerror(errno.ENOSPC)}; {self._unchanged()}") from None
                 return
             try:
                 self._swap()
@@ -225,6 +227,18 @@ def _identity(path: Path) -> Optional[tuple[int, int]]:
     except FileNotFoundError:
         return None
     return st.st_dev, st.st_ino
+
+
+def _out_of_space(path: Path, exc: Exception) -> bool:
+    """Whether a writer's own error (torch.save's RuntimeError, safetensors' SafetensorError: not OSError) means a
+    full disk: its message says so, or no block is left on path's file system (root may use the reserved ones)."""
+    if os.strerror(errno.ENOSPC) in str(exc):
+        return True
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return (st.f_bfree if os.geteuid() == 0 else st.f_bavail) == 0
 
 
 def _alive(pid: int) -> bool:

@@ -202,6 +202,21 @@ def test_a_full_disk_is_one_error_naming_the_output_and_leaves_nothing(tmpfs):
     assert list(disk.iterdir()) == []
 
 
+def test_a_full_disk_met_by_torch_save_is_the_same_error(tmpfs):
+    """torch.save raises its own RuntimeError on a full disk, safetensors' save_file a SafetensorError."""
+    import torch
+    from safetensors.torch import save_file
+
+    disk = tmpfs("disk")
+    for save in (lambda folder: torch.save({"w": torch.zeros(1 << 17)}, folder / "adapter_model.bin"),
+                 lambda folder: save_file({"w": torch.zeros(1 << 17)}, str(folder / "model.safetensors"))):
+        with pytest.raises(UserError) as e:
+            with AtomicFolder(disk / "out") as tmp:
+                save(tmp)
+        assert str(e.value) == f"{disk / 'out'}: No space left on device; no output was written"
+        assert list(disk.iterdir()) == []
+
+
 def test_a_read_only_parent_is_refused_before_any_work(tmpfs):
     disk = tmpfs("ro", "ro")
     with pytest.raises(UserError, match="Read-only file system"):
