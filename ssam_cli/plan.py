@@ -13,7 +13,7 @@ import fnmatch
 import re
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal, Optional, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import torch
 
@@ -39,11 +39,16 @@ class Contribution:
 
 @dataclass(frozen=True)
 class PlannedTensor:
+    """One tensor's fate; a merged weight also carries the method parameters that apply to it (recipe overrides
+    resolved and validated once, here) and the merge space it runs in."""
+
     name: str
     role: Role
     shape: tuple[int, ...]
     dtype: torch.dtype
     contributions: tuple[Contribution, ...] = ()
+    params: Any = None
+    space: str = "dense"
 
 
 @dataclass(frozen=True)
@@ -105,9 +110,11 @@ def map_to_base(name: str, base: dict[str, TensorInfo]) -> Optional[str]:
 
 
 def build_plan(base: Source, specialists: Sequence[NamedSource], keep: Sequence[str] = (),
-               average: Sequence[str] = ()) -> Plan:
-    """Pair every tensor by name, check shapes and dtypes, and assign roles. Raises InputError naming
-    tensor and file on any mismatch, missing tensor or unexplained extra tensor."""
+               average: Sequence[str] = (), params_of: Optional[Callable[[str], Any]] = None,
+               space: str = "dense") -> Plan:
+    """Pair every tensor by name, check shapes and dtypes, and assign roles; each merged weight gets
+    params_of(its name) and `space`. Raises InputError naming tensor and file on any mismatch, missing tensor or
+    unexplained extra tensor."""
     base_infos = base.tensors
     contributions: dict[str, list[Contribution]] = {name: [] for name in base_infos}
     kept: list[KeptTensor] = []
@@ -154,7 +161,10 @@ def build_plan(base: Source, specialists: Sequence[NamedSource], keep: Sequence[
             role = Role.MERGE
         else:
             role = Role.AVERAGE
-        planned.append(PlannedTensor(name, role, tuple(info.shape), info.dtype, contrib))
+        merged = role is Role.MERGE
+        params = params_of(name) if merged and params_of is not None else None
+        planned.append(PlannedTensor(name, role, tuple(info.shape), info.dtype, contrib, params,
+                                     space if merged else "dense"))
     order = {name: i for i, name in enumerate(base_infos)}
     planned.sort(key=lambda t: (layer_of(t.name), order[t.name]))
     return Plan(planned, kept)

@@ -16,12 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ssam_cli.errors import RecipeError
 
-DTYPES = ("auto", "bfloat16", "float16", "float32")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+Space = Literal["dense", "factor", "core"]  # where a method merges LoRA specialists (ssam_cli/spaces.py)
 
 
 class _Strict(BaseModel):
@@ -90,7 +89,7 @@ class Modules(_Strict):
 
 class Output(_Strict):
     path: str
-    format: Literal["full", "lora", "modelcompose"] = "full"
+    format: str = Field(default="full", description="an output format of ssam_cli/outputs (full, lora, modelcompose)")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     shard_size: Union[int, str] = Field(default="5GB", validate_default=True)
     safetensors: bool = Field(default=False, description="modelcompose format: safetensors instead of adapter_model.bin")
@@ -99,6 +98,15 @@ class Output(_Strict):
     @classmethod
     def _size(cls, v: Union[int, str]) -> int:
         return parse_size(v)
+
+    @field_validator("format")
+    @classmethod
+    def _format_known(cls, v: str) -> str:
+        from ssam_cli.outputs import FORMATS
+
+        if v not in FORMATS:
+            raise ValueError(f"must be one of {', '.join(FORMATS)}, got {v!r}")
+        return v
 
     @field_validator("path")
     @classmethod
@@ -113,7 +121,7 @@ class Recipe(_Strict):
     base: ModelRef
     specialists: list[Specialist]
     parameters: dict[str, Any] = Field(default_factory=dict)
-    space: Literal["dense", "factor", "core"] = "dense"
+    space: Space = "dense"
     modules: Modules = Field(default_factory=Modules)
     output: Output
     device: str = "auto"
@@ -131,9 +139,9 @@ class Recipe(_Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if not _DEVICE.match(v):
-            raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {v!r}")
-        return v
+        from ssam_cli.device import check_device
+
+        return check_device(v)
 
     @field_validator("specialists")
     @classmethod
@@ -166,6 +174,11 @@ class Recipe(_Strict):
     @property
     def output_path(self) -> Path:
         return _resolve(self.folder, self.output.path)
+
+    @property
+    def weights(self) -> list[float]:
+        """The specialists' recipe weights, in recipe order (what every method and average receives)."""
+        return [s.weight for s in self.specialists]
 
     def method_params(self, tensor_name: Optional[str] = None) -> BaseModel:
         """The method's validated parameters, with the last matching override applied for `tensor_name`."""

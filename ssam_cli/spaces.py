@@ -17,7 +17,7 @@ stats say so. `space` in the stats always names the space that ran.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -25,9 +25,8 @@ from ssam_cli.deltas import Delta, DenseDelta, LowRankDelta, all_lowrank
 from ssam_cli.errors import UserError
 from ssam_cli.spectra import left_singular
 from ssam_cli.methods.base import MergeContext, MergeResult, MethodSpec
+from ssam_cli.recipe import Space
 
-Space = Literal["dense", "factor", "core"]
-SPACES: tuple[str, ...] = ("dense", "factor", "core")
 
 
 def produces_lowrank(spec: MethodSpec, space: str, params: Any = None) -> bool:

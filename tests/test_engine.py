@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ssam_cli import api
 from ssam_cli.engine import prepare, run_merge
 from ssam_cli.errors import UserError
 from ssam_cli.methods import REGISTRY
@@ -26,7 +27,7 @@ DOWN = "model.layers.0.mlp.down_proj.weight"
 
 def merge(tiny, names, **fields):
     r = write_recipe(tiny / "recipe.yaml", tiny / "base", [(n, tiny / n) for n in names], **fields)
-    return run_merge(prepare(load_recipe(r)), show_progress=False, overwrite=True)
+    return api.merge(r, overwrite=True)
 
 
 def weights(folder):
@@ -48,7 +49,7 @@ def test_full_output_equals_base_plus_algorithm_1(tiny, tensor):
     base, deltas = true_deltas(tiny, ["a", "b", "c"], tensor)
     got = weights(result.output)[tensor] - base
     assert rel_err(got, ssam_reference(deltas, 7, 1 / 3)) < 1e-5
-    entry = result.manifest["tensors"][tensor]
+    entry = result.manifest.tensors[tensor]
     assert entry["role"] == "merge" and entry["rank_used"] == 7 and entry["specialists"] == ["a", "b", "c"]
 
 
@@ -65,12 +66,12 @@ def test_lora_output_applied_to_the_base_equals_the_full_output(tiny):
     cfg = json.loads((lora.output / "adapter_config.json").read_text())
     assert cfg["r"] == cfg["lora_alpha"] == 5 and len(cfg["target_modules"]) == 14
     base = weights(tiny / "base")
-    merged = [k for k, e in lora.manifest["tensors"].items() if e["role"] == "merge"]
+    merged = [k for k, e in lora.manifest.tensors.items() if e["role"] == "merge"]
     assert len(merged) == 14
     for name in merged:  # the adapter read as PEFT would (safetensors, alpha/r), not by ssam_cli's reader
         applied = base[name].double() + known_update(lora.output, name, tiny / "base")
         assert torch.allclose(applied, full[name].double(), atol=1e-6), name
-    assert lora.manifest["inputs"][0]["files"] == []  # base weights were not read, so not hashed
+    assert lora.manifest.inputs[0].files == []  # base weights were not read, so not hashed
 
 
 def test_manifest_records_inputs_hashes_parameters_and_output_files(tiny):
@@ -125,7 +126,7 @@ def test_modality_tensors_are_kept_byte_identical_per_specialist(tiny):
     kept = load_file(str(result.output / "modalities" / "v.safetensors"))
     assert torch.equal(kept["model.mm_projector.weight"], proj)
     assert "model.mm_projector.weight" not in weights(result.output)
-    assert result.manifest["modalities"]["v"]["tensors"] == ["model.mm_projector.weight"]
+    assert result.manifest.modalities["v"]["tensors"] == ["model.mm_projector.weight"]
 
 
 def test_lora_format_with_a_full_specialist_is_refused_before_merging(tiny):
@@ -153,7 +154,7 @@ def test_output_dtype_auto_keeps_base_dtype_and_bfloat16_casts(tiny):
 def test_prefetch_keeps_order_and_reads_at_most_depth_ahead():
     import threading
 
-    from ssam_cli.engine import prefetched
+    from ssam_cli.stream import prefetched
 
     in_flight, seen = [], []
     lock = threading.Lock()
@@ -171,14 +172,14 @@ def test_prefetch_keeps_order_and_reads_at_most_depth_ahead():
     assert max(in_flight) <= 2
 
 
-def test_load_deltas_gives_one_delta_per_specialist(tiny):
-    from ssam_cli.engine import load_deltas
+def test_read_inputs_gives_one_delta_per_specialist(tiny):
     from ssam_cli.deltas import DenseDelta, LowRankDelta
+    from ssam_cli.stream import read_inputs, to_deltas
 
     r = write_recipe(tiny / "recipe.yaml", tiny / "base", [(n, tiny / n) for n in ("a", "c")])
     p = prepare(load_recipe(r))
     t = next(t for t in p.plan.tensors if t.name == Q)
-    a, c = load_deltas(p, t, torch.device("cpu"))
+    _, (a, c) = to_deltas(read_inputs(p.inputs, t, need_base=False), 2, torch.device("cpu"))
     assert isinstance(a, LowRankDelta) and isinstance(c, DenseDelta)
     _, expected = true_deltas(tiny, ["c"], Q)
     assert torch.allclose(c.dense().double(), expected[0])
@@ -187,28 +188,27 @@ def test_load_deltas_gives_one_delta_per_specialist(tiny):
 def test_manifest_carries_the_recipe_verbatim_and_the_merge_writes_its_model_card(tiny):
     result = merge(tiny, ["a", "b"], parameters={"rank": 3})
     text = (tiny / "recipe.yaml").read_text()
-    assert result.manifest["recipe_text"] == text
+    assert result.manifest.recipe_text == text
     card = (result.output / "README.md").read_text()
     assert text.strip() in card and "ssam" in card.split("---")[1]
 
 
 def test_spectrum_summary_of_a_lora_merge_matches_inspect_spectrum(tiny):
-    from ssam_cli.commands.spectrum import build_report
 
     result = merge(tiny, ["a", "b"], parameters={"rank": 3})
     r = load_recipe(tiny / "recipe.yaml")
-    report = build_report(prepare(r))
-    summary = result.manifest["spectrum"]
+    report = api.inspect_spectrum(r)
+    summary = result.manifest.spectrum
     assert summary["suggested_k"] == report.suggested()
     assert summary["weights"][Q]["energy_at_k_left"] == pytest.approx(
         next(w for w in report.weights if w.name == Q).figures()["energy_at_k_left"])
 
 
 def test_spectrum_is_off_by_default_for_full_finetunes_and_on_when_asked(tiny):
-    assert "spectrum" not in merge(tiny, ["a", "c"]).manifest
+    assert merge(tiny, ["a", "c"]).manifest.spectrum is None
     r = write_recipe(tiny / "recipe.yaml", tiny / "base", [(n, tiny / n) for n in ("a", "c")])
     asked = run_merge(prepare(load_recipe(r)), show_progress=False, overwrite=True, spectrum=True)
-    assert asked.manifest["spectrum"]["weights"][Q]["k_used"] >= 1
+    assert asked.manifest.spectrum["weights"][Q]["k_used"] >= 1
 
 
 def test_the_spectrum_summary_of_an_ssam_lora_merge_reuses_the_merge_bases(tiny, monkeypatch):
@@ -218,15 +218,15 @@ def test_the_spectrum_summary_of_an_ssam_lora_merge_reuses_the_merge_bases(tiny,
         raise AssertionError("consensus bases recomputed for the spectrum summary")
 
     monkeypatch.setattr(spectrum, "consensus_bases", recompute)
-    assert merge(tiny, ["a", "b"], parameters={"rank": 3}).manifest["spectrum"]["weights"][Q]["k_used"] == 3
+    assert merge(tiny, ["a", "b"], parameters={"rank": 3}).manifest.spectrum["weights"][Q]["k_used"] == 3
 
 
 def test_lora_merges_run_on_one_thread_per_worker_by_default_and_threads_can_be_set(tiny):
     before = torch.get_num_threads()
-    assert merge(tiny, ["a", "b"]).manifest["threads"] == 1
+    assert merge(tiny, ["a", "b"]).manifest.threads == 1
     r = write_recipe(tiny / "recipe.yaml", tiny / "base", [(n, tiny / n) for n in ("a", "b")])
-    assert run_merge(prepare(load_recipe(r)), show_progress=False, overwrite=True, threads=2).manifest["threads"] == 2
-    assert merge(tiny, ["a", "c"]).manifest["threads"] == before  # a full fine-tune: torch's own setting
+    assert run_merge(prepare(load_recipe(r)), show_progress=False, overwrite=True, threads=2).manifest.threads == 2
+    assert merge(tiny, ["a", "c"]).manifest.threads == before  # a full fine-tune: torch's own setting
     assert torch.get_num_threads() == before  # restored
 
 
@@ -234,10 +234,10 @@ def test_two_merge_workers_write_exactly_what_one_writes_in_plan_order(tiny):
     r = write_recipe(tiny / "recipe.yaml", tiny / "base", [(n, tiny / n) for n in ("a", "b")],
                      parameters={"rank": 3}, output={"path": "out", "format": "lora"})
     parallel = run_merge(prepare(load_recipe(r)), show_progress=False, overwrite=True)
-    assert parallel.manifest["workers"] == (2 if (os.cpu_count() or 1) >= 2 else 1)
+    assert parallel.manifest.workers == (2 if (os.cpu_count() or 1) >= 2 else 1)
     first = (parallel.output / "adapter_model.safetensors").read_bytes()
-    order = list(parallel.manifest["tensors"])
+    order = list(parallel.manifest.tensors)
     serial = run_merge(prepare(load_recipe(r)), show_progress=False, overwrite=True, threads=1)
-    assert serial.manifest["workers"] == 1
+    assert serial.manifest.workers == 1
     assert (serial.output / "adapter_model.safetensors").read_bytes() == first
-    assert list(serial.manifest["tensors"]) == order
+    assert list(serial.manifest.tensors) == order

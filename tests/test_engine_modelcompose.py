@@ -57,7 +57,7 @@ def test_composed_model_holds_the_ssam_merge_and_every_modality_file_untouched(m
     rank = config["lora_r"]
     assert torch.equal(out[modal][:, :R], vision[modal]) and not out[modal][:, R:rank].any()  # zero-padded, same ΔW
 
-    manifest = result.manifest
+    manifest = result.manifest.as_json()
     assert set(manifest["modalities"]) == {"vision", "video", "point"}
     assert manifest["modelcompose"]["lora_r"] == rank
     assert manifest["tensors"][Q]["space"] == "dense" and "spectrum" in manifest
@@ -115,7 +115,7 @@ def test_a_method_with_dense_output_is_refused_for_a_composed_model_unless_in_co
     with pytest.raises(UserError, match="does not produce low-rank updates.*space: core"):
         prepare(load_recipe(_recipe(mc, method="ties")))
     result = run_merge(prepare(load_recipe(_recipe(mc, method="ties", space="core"))), show_progress=False)
-    assert result.manifest["tensors"][Q]["space"] == "core"
+    assert result.manifest.tensors[Q]["space"] == "core"
 
 
 def test_full_output_merges_the_decoder_and_keeps_each_modality_in_its_own_file(mc: Path):
@@ -123,4 +123,4 @@ def test_full_output_merges_the_decoder_and_keeps_each_modality_in_its_own_file(
     vision = load_file(str(result.output / "modalities" / "vision.safetensors"))
     stored = load_tensor_dict(mc / "vision" / "adapter_model.bin")
     assert vision and all(torch.equal(v, stored[k]) for k, v in vision.items())
-    assert result.manifest["modalities"]["video"]["file"] == "modalities/video.safetensors"
+    assert result.manifest.modalities["video"]["file"] == "modalities/video.safetensors"

@@ -45,4 +45,4 @@ def test_the_modelcompose_recipe_validates_and_merges_against_released_style_spe
     config = json.loads((result.output / "config.json").read_text())
     assert config["mm_vision_tower"] == "openai/clip-vit-large-patch14-336"  # the recipe's remapped encoder path
     assert config["mm_point_encoder"] == "/models/PointLLM/point_bert_v1.2.pt"
-    assert sorted(result.manifest["modalities"]) == ["audio", "point", "video", "vision"]
+    assert sorted(result.manifest.modalities) == ["audio", "point", "video", "vision"]

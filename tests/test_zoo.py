@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from ssam_cli.cli import app
 from ssam_cli.deltas import Delta, DenseDelta, LowRankDelta
-from ssam_cli.engine import tensor_seed
+from ssam_cli.seeds import tensor_seed
 from ssam_cli.methods import REGISTRY
 from ssam_cli.methods.base import MergeContext
 from ssam_cli.sources import open_source

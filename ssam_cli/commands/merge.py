@@ -34,19 +34,15 @@ def merge(
 
         ssam merge recipes/demo.yaml --overwrite
     """
-    from ssam_cli.engine import prepare, run_merge
-    from ssam_cli.recipe import load_recipe
+    from ssam_cli import api
 
-    r = load_recipe(recipe)
-    if device is not None:
-        r = r.model_copy(update={"device": _checked_device(device)})
-    prepared = prepare(r)
     if dry_run:
-        console().print(plan_table(prepared))
+        console().print(plan_table(api.validate(api.load(recipe, device))))
         return
-    result = run_merge(prepared, overwrite=overwrite, show_progress=not quiet, spectrum=spectrum, threads=threads)
+    result = api.merge(recipe, overwrite=overwrite, device=device, show_progress=not quiet, spectrum=spectrum,
+                       threads=threads)
     if not quiet:
-        console().print(summary_table(prepared, result))
+        console().print(summary_table(result))
 
 
 def validate(recipe: Path = RECIPE) -> None:
@@ -54,18 +50,6 @@ def validate(recipe: Path = RECIPE) -> None:
 
     Nothing is merged and no tensor data is read; exit code 0 means `ssam merge` would start.
     """
-    from ssam_cli.engine import prepare
-    from ssam_cli.recipe import load_recipe
+    from ssam_cli import api
 
-    prepared = prepare(load_recipe(recipe))
-    console().print(plan_table(prepared))
-
-
-def _checked_device(device: str) -> str:
-    import re
-
-    from ssam_cli.errors import UserError
-
-    if not re.match(r"^(auto|cpu|cuda(:\d+)?)$", device):
-        raise UserError(f"--device: must be auto, cpu, cuda or cuda:N, got {device!r}")
-    return device
+    console().print(plan_table(api.validate(recipe)))

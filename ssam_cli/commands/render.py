@@ -36,12 +36,13 @@ def plan_table(p: "Prepared") -> Table:
         Role.MERGE: f"merged by {r.method}",
         Role.AVERAGE: "mean of the specialists (biases, norms)",
         Role.KEEP: "kept per specialist in modalities/<name>.safetensors",
-        Role.COPY: "base value" + (" (not written: LoRA output)" if r.output.format == "lora" else ""),
+        Role.COPY: "base value" + ("" if p.output.reads_base_weights else f" (not written: {r.output.format} output)"),
     }
     for role in Role:
         table.add_row(role.value, str(p.plan.count(role)), what[role])
-    out = sum(s.nbytes for s in p.output_specs()) + sum(_numel(k.shape) * k.dtype.itemsize for k in p.plan.kept)
-    if r.output.format == "lora":
+    out = sum(_numel(t.shape) * p.output.out_dtype(t).itemsize for t in p.output.streamed())
+    out += sum(_numel(k.shape) * k.dtype.itemsize for k in p.plan.kept)
+    if p.output.lowrank_only:
         table.caption = "output size: rank-dependent (about (d_out + d_in)·k per merged weight)"
     else:
         table.caption = f"estimated output size: {human_bytes(out)}"
@@ -50,21 +51,22 @@ def plan_table(p: "Prepared") -> Table:
     return table
 
 
-def summary_table(p: "Prepared", result: "RunResult") -> Table:
-    s = result.manifest["summary"]
+def summary_table(result: "RunResult") -> Table:
+    manifest = result.manifest.as_json()
+    s = manifest["summary"]
     table = Table(title=f"merged → {result.output}", show_header=False)
     table.add_column("figure")
     table.add_column("value", justify="right")
     for role, n in s["tensors"].items():
         table.add_row(f"tensors: {role}", str(n))
-    merged = [v for v in result.manifest["tensors"].values() if "rank_used" in v]
+    merged = [v for v in manifest["tensors"].values() if "rank_used" in v]
     if merged:
         capped = sum(bool(v.get("rank_capped")) for v in merged)
         table.add_row("rank used (min–max)", f"{min(v['rank_used'] for v in merged)}–{max(v['rank_used'] for v in merged)}")
         if capped:
             table.add_row("rank capped at numerical rank", f"{capped} weight(s)")
-    table.add_row("method / space", f"{result.manifest['method']} / {result.manifest['space']}")
-    table.add_row("device", result.manifest["device"])
+    table.add_row("method / space", f"{manifest['method']} / {manifest['space']}")
+    table.add_row("device", manifest["device"])
     table.add_row("time", f"{s['seconds']:.2f} s")
     table.add_row("peak memory (RSS)", f"{s['peak_rss_mb']:.0f} MB")
     table.add_row("output size", human_bytes(s["output_bytes"]))

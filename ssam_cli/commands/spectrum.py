@@ -1,7 +1,6 @@
 """`ssam inspect-spectrum`: the spectra of the specialists' updates, to choose k (and see interference) before a merge.
 
-Reuses recipe, sources and plan, and stops before the method: each merged weight is read once (one weight of
-every specialist in memory), analysed exactly (factored for LoRA inputs), and dropped.
+Parses the options and renders; the pass itself is ssam_cli/spectrum_scan.py (the merge's own stream).
 """
 
 from __future__ import annotations
@@ -9,16 +8,11 @@ from __future__ import annotations
 import fnmatch
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Callable, Optional
 
 import typer
 
 from ssam_cli.commands.render import console
-
-if TYPE_CHECKING:
-    from ssam_cli.engine import Prepared
-    from ssam_cli.plan import PlannedTensor
-    from ssam_cli.spectrum_report import SpectrumReport
 
 _LAYER_ITEM = re.compile(r"^(\d+-\d+|[0-9*?\[\]]+)$")
 
@@ -50,9 +44,8 @@ def inspect_spectrum(
 
         ssam inspect-spectrum recipes/examples/lora-specialists.yaml --plot spectrum/
     """
-    from ssam_cli.engine import prepare
+    from ssam_cli import api
     from ssam_cli.errors import UserError
-    from ssam_cli.recipe import load_recipe
     from ssam_cli.spectrum_render import require_matplotlib, spectrum_table, write_csv, write_json, write_plots
 
     if not 0.0 < target < 1.0:
@@ -61,9 +54,8 @@ def inspect_spectrum(
         raise UserError(f"--rank: must be a positive integer, got {rank}")
     if plot is not None:
         require_matplotlib()  # fail before the work, not after it
-    r = load_recipe(recipe)
-    report = build_report(prepare(r, check_output=False), layer_filter(layers), module_filter(modules), rank, target,
-                          device, show_progress=not quiet)
+    report = api.inspect_spectrum(recipe, rank=rank, target=target, device=device, show_progress=not quiet,
+                                  layers=layer_filter(layers), modules=module_filter(modules))
     if json is not None:
         write_json(report, json)
     if csv is not None:
@@ -111,62 +103,3 @@ def module_filter(spec: Optional[str]) -> Optional[Callable[[str], bool]]:
         raise UserError(f"--modules: must be comma-separated globs, got {spec!r}")
     return lambda name: any(fnmatch.fnmatchcase(n, g) for g in globs
                             for n in (module_type(name), module_path(name), name))
-
-
-def selected(p: "Prepared", layers: Optional[Callable[[int], bool]],
-             modules: Optional[Callable[[str], bool]]) -> list["PlannedTensor"]:
-    """The weights the merge would merge, narrowed by the filters (in plan order)."""
-    from ssam_cli.plan import Role, layer_of
-
-    return [t for t in p.plan.of_role(Role.MERGE)
-            if (layers is None or layers(layer_of(t.name))) and (modules is None or modules(t.name))]
-
-
-def build_report(p: "Prepared", layers: Optional[Callable[[int], bool]] = None,
-                 modules: Optional[Callable[[str], bool]] = None, rank: Optional[int] = None,
-                 target: float = 0.95, device: Optional[str] = None, show_progress: bool = False) -> "SpectrumReport":
-    """Read each selected weight's deltas (streaming, the engine's reader) and analyse it at the recipe's k."""
-    from ssam_cli.engine import (computed, default_threads, merge_workers, pick_device, prefetched, progress_bar,
-                                 read_inputs, to_deltas)
-    from ssam_cli.errors import UserError
-    from ssam_cli.plan import Role
-    from ssam_cli.spectrum_report import DEFAULT_K, SpectrumReport, analyse_weight
-    from ssam_cli.threads import torch_threads
-
-    todo = selected(p, layers, modules)
-    total = p.plan.count(Role.MERGE)
-    if not todo:
-        raise UserError(f"{p.recipe.source_file}: no weight to inspect: the filters match none of the {total} "
-                        "weight(s) the recipe merges")
-    dev = pick_device(device or p.recipe.device)
-    names = [s.name for s in p.recipe.specialists]
-    weights = [s.weight for s in p.recipe.specialists]
-    report = SpectrumReport([], target)
-    if rank is None and not hasattr(p.recipe.method_params(), "rank"):
-        report.notes.append(f"method {p.recipe.method} has no rank parameter: k = {DEFAULT_K} (the paper's); "
-                            "set --rank to evaluate another k")
-
-    def analyse(loaded: Any) -> Any:  # one weight; safe in a worker thread, like the merge's
-        t = loaded.tensor
-        _, deltas = to_deltas(loaded, len(names), dev)
-        return analyse_weight(t.name, deltas, weights, k_of(p, t.name, rank), names, report.shares)
-
-    with torch_threads(default_threads(p, dev)), progress_bar(show_progress) as progress:
-        task = progress.add_task("spectra", total=len(todo)) if progress else None
-        read = prefetched(todo, lambda t: read_inputs(p, t, need_base=False))
-        for figures in computed(analyse, read, merge_workers(p, dev)):
-            report.weights.append(figures)
-            if progress:
-                progress.advance(task)
-    capped = sum(w.k_used < w.k_requested for w in report.weights)
-    if capped:
-        report.notes.append(f"{capped} weight(s) have a numerical rank below k: SSAM caps k there (k used)")
-    return report
-
-
-def k_of(p: "Prepared", name: str, rank: Optional[int]) -> int:
-    """--rank, else the recipe's `rank` for this tensor (overrides applied), else the paper's 128."""
-    from ssam_cli.spectrum_report import k_of_params
-
-    return rank if rank is not None else k_of_params(p.recipe.method_params(name))
-

@@ -13,31 +13,10 @@ from typing import Any, Optional
 
 import yaml
 
+from ssam_cli.card_metadata import CARD, front_matter, read_license
 from ssam_cli.hub.repo_id import HF_PREFIX, is_repo_id
 
 CARD = "README.md"
-
-# Where each method is defined; the card links the paper of the method that made the merge.
-PAPERS = {
-    "ssam": ("SSAM: Singular Subspace Alignment for Merging Multimodal Large Language Models",
-             "https://arxiv.org/abs/2603.21584"),
-    "task_arithmetic": ("Editing Models with Task Arithmetic", "https://arxiv.org/abs/2212.04089"),
-    "average": ("Model Composition for Multimodal Large Language Models (NaiveMC)", "https://arxiv.org/abs/2402.12750"),
-    "ties": ("TIES-Merging: Resolving Interference When Merging Models", "https://arxiv.org/abs/2306.01708"),
-    "dare_linear": ("Language Models are Super Mario (DARE)", "https://arxiv.org/abs/2311.03099"),
-    "dare_ties": ("Language Models are Super Mario (DARE), with TIES sign election",
-                  "https://arxiv.org/abs/2311.03099"),
-    "tsv": ("Task Singular Vectors: Reducing Task Interference in Model Merging", "https://arxiv.org/abs/2412.00081"),
-    "iso_c": ("No Task Left Behind: Isotropic Model Merging with Common and Task-Specific Subspaces",
-              "https://arxiv.org/abs/2502.04959"),
-    "iso_cts": ("No Task Left Behind: Isotropic Model Merging with Common and Task-Specific Subspaces",
-                "https://arxiv.org/abs/2502.04959"),
-    "wudi": ("Whoever Started the Interference Should End It: Guiding Data-Free Model Merging via Task Vectors",
-             "https://arxiv.org/abs/2503.08099"),
-    "optmerge": ("Unifying Multimodal Large Language Model Capabilities and Modalities via Model Merging",
-                 "https://arxiv.org/abs/2505.19892"),
-}
-
 
 def hub_id(row: dict[str, Any], recipe_path: Optional[str] = None) -> Optional[str]:
     """The Hub repo id of a manifest input, or None for a local-only input.
@@ -50,30 +29,6 @@ def hub_id(row: dict[str, Any], recipe_path: Optional[str] = None) -> Optional[s
     path = recipe_path or ""
     path = path[len(HF_PREFIX):] if path.startswith(HF_PREFIX) else path
     return path if row.get("commit") and is_repo_id(path) else None
-
-
-def read_license(folder: Path) -> Optional[str]:
-    """The `license:` of a model folder's own card, if it has one (the base's license is carried to the merge)."""
-    card = folder / CARD
-    if not card.is_file():
-        return None
-    meta = front_matter(card.read_text(encoding="utf-8", errors="replace"))
-    value = meta.get("license")
-    return str(value) if isinstance(value, (str, int, float)) and str(value).strip() else None
-
-
-def front_matter(text: str) -> dict[str, Any]:
-    """The YAML metadata block at the top of a card ({} when absent or invalid)."""
-    if not text.startswith("---"):
-        return {}
-    end = text.find("\n---", 3)
-    if end < 0:
-        return {}
-    try:
-        meta = yaml.safe_load(text[3:end])
-    except yaml.YAMLError:
-        return {}
-    return meta if isinstance(meta, dict) else {}
 
 
 def _inputs(manifest: dict[str, Any]) -> tuple[Optional[dict[str, Any]], list[dict[str, Any]]]:
@@ -145,7 +100,7 @@ def model_card(manifest: dict[str, Any], repo_id: Optional[str] = None) -> str:
              f"# {title}", ""]
     base_name = _describe_input(base, paths.get("base")) if base else "the base model"
     lines += [f"A training-free merge of {len(specialists)} specialist(s) of {base_name}, made with "
-              f"ssam {manifest.get('version', '')} using **{method}**{_paper_link(method)}.", ""]
+              f"ssam {manifest.get('version', '')} using **{method}**{_paper_link(manifest)}.", ""]
     lines += _method_section(manifest, method)
     lines += _inputs_section(base, specialists, paths)
     lines += _modalities_section(manifest)
@@ -162,9 +117,12 @@ def write_model_card(output_dir: Path, manifest: dict[str, Any], repo_id: Option
     return path
 
 
-def _paper_link(method: str) -> str:
-    paper = PAPERS.get(method)
-    return f" ([{paper[0]}]({paper[1]}))" if paper else ""
+def _paper_link(manifest: dict[str, Any]) -> str:
+    """The paper of the method, as the merge recorded it from the method registry (MethodSpec.paper)."""
+    paper = manifest.get("paper") or {}
+    if not paper.get("title"):
+        return ""
+    return f" ([{paper['title']}]({paper['url']}))" if paper.get("url") else f" ({paper['title']})"
 
 
 def _describe_input(row: dict[str, Any], recipe_path: Optional[str]) -> str:

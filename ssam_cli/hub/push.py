@@ -10,7 +10,6 @@ The token is passed to huggingface_hub and never printed, logged or written.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -20,9 +19,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Optional
 
 from ssam_cli.errors import UserError
-from ssam_cli.hub.card import CARD, model_card, write_model_card
+from ssam_cli.card_metadata import CARD
+from ssam_cli.hub.card import model_card, write_model_card
 from ssam_cli.hub.repo_id import is_repo_id
-from ssam_cli.manifest import MANIFEST, sha256_file
+from ssam_cli.manifest import MANIFEST, Manifest, sha256_file
 
 # Left alone by verification: never uploaded by upload_folder either.
 IGNORED = (".git/", ".cache/huggingface/")
@@ -63,11 +63,9 @@ def verify_output(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{folder}: no {MANIFEST}; not a finished ssam output (interrupted merge?)")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = Manifest.read(folder).as_json()
     except ValueError as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("tool") != "ssam" or not isinstance(manifest.get("files"), list):
-        raise UserError(f"{path}: not an ssam manifest (expected tool: ssam and a files list)")
+        raise UserError(str(e)) from None
     listed: set[str] = set()
     for i, entry in enumerate(manifest["files"]):
         rel = _listed_path(path, i, entry)
@@ -88,10 +86,8 @@ def verify_output(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def _listed_path(manifest_path: Path, i: int, entry: Any) -> str:
-    if not (isinstance(entry, dict) and isinstance(entry.get("path"), str) and isinstance(entry.get("size"), int)
-            and isinstance(entry.get("sha256"), str)):
-        raise UserError(f"{manifest_path}: files[{i}]: expected path, size and sha256")
+def _listed_path(manifest_path: Path, i: int, entry: dict[str, Any]) -> str:
+    """A listed file's path, which must stay inside the folder (the manifest's types are checked by Manifest)."""
     p = PurePosixPath(entry["path"])
     if p.is_absolute() or ".." in p.parts or not p.parts:
         raise UserError(f"{manifest_path}: files[{i}].path: must be a path inside the folder, got {entry['path']!r}")

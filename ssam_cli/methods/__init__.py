@@ -10,7 +10,3 @@ REGISTRY: dict[str, MethodSpec] = {
     for spec in (ssam.SPEC, task_arithmetic.SPEC, average.SPEC, ties.SPEC, dare.LINEAR_SPEC, dare.TIES_SPEC,
                  tsv.SPEC, iso.C_SPEC, iso.CTS_SPEC, wudi.SPEC, optmerge.SPEC)
 }
-
-
-def get_method(name: str) -> MethodSpec:
-    return REGISTRY[name]

@@ -22,6 +22,7 @@ SPEC = MethodSpec(
     name="average",
     summary="weighted mean of the specialists (NaiveMC)",
     paper="Model Composition for Multimodal LLMs (Chen et al., ACL 2024), NaiveMC",
+    paper_url="https://arxiv.org/abs/2402.12750",
     params=AverageParams,
     merge=merge,
     lowrank_output=True,

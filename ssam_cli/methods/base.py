@@ -109,7 +109,8 @@ class MethodSpec:
 
     name: str
     summary: str
-    paper: str
+    paper: str  # the paper that defines it (title, venue), cited by the model card
+    paper_url: str
     params: type[MethodParams]
     merge: MergeFn
     lowrank_output: bool = False

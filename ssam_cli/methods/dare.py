@@ -66,6 +66,7 @@ LINEAR_SPEC = MethodSpec(
     name="dare_linear",
     summary="drop entries with probability p, rescale 1/(1−p), sum, × λ (seeded)",
     paper="Language Models are Super Mario: DARE (Yu et al., ICML 2024)",
+    paper_url="https://arxiv.org/abs/2311.03099",
     params=DareParams,
     merge=merge_linear,
 )
@@ -74,6 +75,7 @@ TIES_SPEC = MethodSpec(
     name="dare_ties",
     summary="DARE drop-and-rescale, then TIES sign election and disjoint mean, × λ (seeded)",
     paper="Language Models are Super Mario: DARE (Yu et al., ICML 2024) + TIES-Merging",
+    paper_url="https://arxiv.org/abs/2311.03099",
     params=DareTiesParams,
     merge=merge_ties,
     prepass=global_trim_prepass(lambda deltas, params, ctx: _dropped(deltas, params.p, ctx)),

@@ -86,6 +86,7 @@ C_SPEC = MethodSpec(
     name="iso_c",
     summary="SVD of the summed task vectors with every singular value set to their mean, × λ",
     paper="No Task Left Behind: Isotropic Model Merging with Common and Task-Specific Subspaces (ICML 2025), Iso-C",
+    paper_url="https://arxiv.org/abs/2502.04959",
     params=IsoCParams,
     merge=merge_c,
     lowrank_when=lambda params: params.nonzero_only,
@@ -95,6 +96,7 @@ CTS_SPEC = MethodSpec(
     name="iso_cts",
     summary="common subspace of the sum + task-specific residual directions, orthogonalised, isotropic, × λ",
     paper="No Task Left Behind: Isotropic Model Merging with Common and Task-Specific Subspaces (ICML 2025), Iso-CTS",
+    paper_url="https://arxiv.org/abs/2502.04959",
     params=IsoCtsParams,
     merge=merge_cts,
 )

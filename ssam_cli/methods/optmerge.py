@@ -74,6 +74,7 @@ SPEC = MethodSpec(
     name="optmerge",
     summary="WUDI-style optimisation towards rank-⌊min/n⌋ targets (centred for full FT; SGD + mean init for LoRA)",
     paper="Unifying Multimodal Large Language Model Capabilities and Modalities via Model Merging (OptMerge, Sec. 4)",
+    paper_url="https://arxiv.org/abs/2505.19892",
     params=OptMergeParams,
     merge=merge,
 )

@@ -99,6 +99,7 @@ SPEC = MethodSpec(
     name="ssam",
     summary="project every language vector onto the top-k shared singular subspaces, then sum × λ",
     paper="SSAM: Singular Subspace Alignment and Merging (Algorithm 1)",
+    paper_url="https://arxiv.org/abs/2603.21584",
     params=SsamParams,
     merge=merge,
     lowrank_output=True,

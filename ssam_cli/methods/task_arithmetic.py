@@ -26,6 +26,7 @@ SPEC = MethodSpec(
     name="task_arithmetic",
     summary="sum of the task vectors, × λ",
     paper="Editing Models with Task Arithmetic (Ilharco et al., ICLR 2023)",
+    paper_url="https://arxiv.org/abs/2212.04089",
     params=TaskArithmeticParams,
     merge=merge,
     lowrank_output=True,

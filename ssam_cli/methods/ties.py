@@ -36,6 +36,7 @@ SPEC = MethodSpec(
     name="ties",
     summary="trim each task vector to its top-density magnitudes, elect signs, disjoint mean, × λ",
     paper="TIES-Merging: Resolving Interference When Merging Models (Yadav et al., NeurIPS 2023)",
+    paper_url="https://arxiv.org/abs/2306.01708",
     params=TiesParams,
     merge=merge,
     prepass=global_trim_prepass(lambda deltas, params, ctx: [d.dense() for d in deltas]),

@@ -45,6 +45,7 @@ SPEC = MethodSpec(
     name="tsv",
     summary="per-task rank-⌊min/n⌋ SVD, concatenated singular vectors orthogonalised (polar factor), × λ",
     paper="Task Singular Vectors: Reducing Task Interference in Model Merging (Gargiulo et al., CVPR 2025), TSV-M",
+    paper_url="https://arxiv.org/abs/2412.00081",
     params=TsvParams,
     merge=merge,
     lowrank_output=True,

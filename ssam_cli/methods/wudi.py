@@ -51,6 +51,7 @@ SPEC = MethodSpec(
     name="wudi",
     summary="data-free optimisation: τ minimising Σ‖(τ−Δ_i)Δ_iᵀ‖²/‖Δ_i‖² from ΣΔ_i, Adam, × λ",
     paper="Whoever Started the Interference Should End It: WUDI Merging (Cheng et al., ICML 2025)",
+    paper_url="https://arxiv.org/abs/2503.08099",
     params=WudiParams,
     merge=merge,
 )

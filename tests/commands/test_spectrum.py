@@ -12,7 +12,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from ssam_cli.commands.spectrum import build_report, inspect_spectrum, k_of, layer_filter, module_filter
+from ssam_cli.commands.spectrum import inspect_spectrum, layer_filter, module_filter
+from ssam_cli.spectrum_scan import scan
 from ssam_cli.engine import prepare
 from ssam_cli.errors import UserError
 from ssam_cli.recipe import load_recipe
@@ -36,7 +37,7 @@ def dense_delta(tiny: Path, name: str, tensor: str) -> np.ndarray:
 
 def test_figures_come_from_the_weighted_deltas_on_disk(tiny):
     p = prepare(load_recipe(recipe_of(tiny, parameters={"rank": 5})), check_output=False)
-    report = build_report(p)
+    report = scan(p)
     assert len(report.weights) == 16 and report.specialists == ["a", "b", "c"]  # 14 linear + embed + lm_head (c)
     w = next(w for w in report.weights if w.name == Q1)
     X = [dense_delta(tiny, n, Q1) * wt for n, wt in (("a", 1.0), ("b", 0.5), ("c", 1.0))]
@@ -52,13 +53,14 @@ def test_recipe_overrides_set_k_per_tensor_and_rank_option_wins(tiny):
     p = prepare(load_recipe(recipe_of(tiny, parameters={"rank": 5},
                                              modules={"overrides": [{"pattern": "*.mlp.*", "parameters": {"rank": 9}}]})),
                 check_output=False)
-    assert k_of(p, Q1, None) == 5 and k_of(p, "model.layers.0.mlp.up_proj.weight", None) == 9
-    assert k_of(p, Q1, 3) == 3
+    ks = {w.name: w.k_requested for w in scan(p).weights}
+    assert ks[Q1] == 5 and ks["model.layers.0.mlp.up_proj.weight"] == 9
+    assert {w.k_requested for w in scan(p, rank=3).weights} == {3}
 
 
 def test_method_without_rank_evaluates_the_papers_k_and_says_so(tiny):
     p = prepare(load_recipe(recipe_of(tiny, method="task_arithmetic")), check_output=False)
-    report = build_report(p, modules=module_filter("q"))
+    report = scan(p, modules=module_filter("q"))
     assert len(report.weights) == 2 and report.weights[0].k_requested == 128
     assert any("no rank parameter" in n for n in report.notes)
     assert any("numerical rank below k" in n for n in report.notes)

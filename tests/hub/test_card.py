@@ -28,7 +28,8 @@ def sample_manifest(fmt: str = "full") -> dict:
                    "specialists": [{"name": "vision", "path": "org/vision-lora", "modality": "image"},
                                    {"name": "audio", "path": "/data/audio-lora", "modality": "audio"}],
                    "parameters": {"rank": 8}},
-        "method": "ssam", "parameters": {"rank": 8, "lambda": None}, "device": "cpu", "seed": 0,
+        "method": "ssam", "paper": {"title": "SSAM", "url": "https://arxiv.org/abs/2603.21584"},
+        "parameters": {"rank": 8, "lambda": None}, "device": "cpu", "seed": 0,
         "output": {"format": fmt, "dtype": "bfloat16"},
         "inputs": [
             {"role": "base", "name": "base", "path": "/cache/snapshots/" + BASE_COMMIT, "kind": "full",
@@ -61,8 +62,11 @@ def test_front_matter_names_hub_inputs_as_merge_parents_and_carries_tags_library
 def test_the_method_and_its_paper_follow_the_manifest():
     m = sample_manifest()
     m["method"] = "task_arithmetic"
+    m["paper"] = {"title": "Editing Models with Task Arithmetic", "url": "https://arxiv.org/abs/2212.04089"}
     assert metadata(m)["tags"][3] == "task-arithmetic"
-    assert "https://arxiv.org/abs/2212.04089" in model_card(m, None)
+    assert "[Editing Models with Task Arithmetic](https://arxiv.org/abs/2212.04089)" in model_card(m, None)
+    del m["paper"]
+    assert "arxiv.org" not in model_card(m, None)  # the card cites only what the manifest recorded
 
 
 def test_a_lora_output_is_a_peft_card_loaded_on_top_of_the_base():

@@ -20,9 +20,8 @@ def upload_folder(hub: FakeHub, repo_id: str, folder: Path) -> str:
 
 
 def test_a_recipe_naming_hub_repos_merges_pins_commits_and_pushes(tmp_path: Path, fake_hub: FakeHub):
-    from ssam_cli.engine import prepare, run_merge
+    from ssam_cli import api
     from ssam_cli.hub.push import prepare_upload, push_upload
-    from ssam_cli.recipe import load_recipe
 
     src = tmp_path / "src"
     base = make_base(src / "base")
@@ -37,7 +36,7 @@ def test_a_recipe_naming_hub_repos_merges_pins_commits_and_pushes(tmp_path: Path
     data["specialists"][0]["revision"] = "main"
     recipe.write_text(yaml.safe_dump(data, sort_keys=False))
 
-    result = run_merge(prepare(load_recipe(recipe)), show_progress=False)
+    result = api.merge(recipe)
 
     rows = {r["name"]: r for r in result.manifest.as_json()["inputs"]}
     assert rows["base"]["commit"] == base_commit and rows["a"]["commit"] == a_commit  # hashes, not "main"
@@ -59,8 +58,7 @@ def test_a_bin_sharded_base_and_specialists_in_subfolders_of_one_repo_resolve_an
     """The paper's setting as released: a vicuna-style base in `.bin` shards, specialists in folders of one repo."""
     from safetensors.torch import load_file, save_file
 
-    from ssam_cli.engine import prepare, run_merge
-    from ssam_cli.recipe import load_recipe
+    from ssam_cli import api
     from tests.fixtures.torch_bin import fine_tuned, llama_state_dict, write_bin_checkpoint
     from tests.reference import rel_err, ssam_reference
 
@@ -83,14 +81,13 @@ def test_a_bin_sharded_base_and_specialists_in_subfolders_of_one_repo_resolve_an
                         for n in ("vision", "audio")],
         "output": {"path": "out", "format": "full", "dtype": "float32"}}))
 
-    prepared = prepare(load_recipe(recipe))
-    origins = prepared.inputs.origins
+    origins = api.validate(recipe).inputs.origins
     assert (origins["base"].repo_id, origins["base"].commit, origins["base"].subfolder) == \
         ("lmsys/tiny-vicuna", base_commit, None)
     for name in ("vision", "audio"):
         assert (origins[name].repo_id, origins[name].subfolder, origins[name].commit) == \
             ("org/compose", f"{name}-ft", compose_commit)
-    result = run_merge(prepared, show_progress=False)
+    result = api.merge(recipe)
 
     local = {n: sorted(p.name for p in origins[n].local_path.iterdir()) for n in ("vision", "audio")}
     assert local == {"vision": sorted(f.split("/")[1] for f in files if f.startswith("vision-ft/")),

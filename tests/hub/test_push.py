@@ -178,7 +178,7 @@ def rewrite_manifest(folder: Path, change) -> None:
     (lambda f: rewrite_manifest(f, lambda m: m.pop("tool")), "not an ssam manifest"),
     (lambda f: rewrite_manifest(f, lambda m: m["files"].append({"path": "../outside", "size": 1, "sha256": "0"})),
      "must be a path inside the folder"),
-    (lambda f: rewrite_manifest(f, lambda m: m["files"][0].pop("sha256")), "files[0]: expected path, size and sha256"),
+    (lambda f: rewrite_manifest(f, lambda m: m["files"][0].pop("sha256")), "not an ssam manifest (files[0].sha256: Field required)"),
 ])
 def test_an_interrupted_or_edited_folder_is_refused(output: Path, damage, message):
     damage(output)

@@ -1,0 +1,111 @@
+"""The contract every output format fulfils, so the engine treats them alike and holds no format branch.
+
+A format is built from the prepared merge, checked before any tensor is read, opened on the temporary output
+folder, fed every streamed tensor in plan order, finished (its files and manifest section) and verified.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
+
+import torch
+
+from ssam_cli.deltas import Delta, LowRankDelta
+from ssam_cli.errors import UserError
+from ssam_cli.finite import merged_finite
+from ssam_cli.plan import PlannedTensor, Role
+from ssam_cli.spaces import produces_lowrank
+
+if TYPE_CHECKING:
+    from ssam_cli.engine import Prepared
+
+
+@dataclass
+class Finished:
+    """What a format wrote: its files, the modality files' records, and its own manifest section (if any)."""
+
+    files: list[str]
+    modalities: dict[str, Any] = field(default_factory=dict)
+    section: Optional[dict[str, Any]] = None
+
+
+class OutputFormat(ABC):
+    """One output format. `reads_base_weights`: whether the merge must read the base's weights for it;
+    `lowrank_only`: whether it holds only low-rank updates (then every change must be a LoRA merge whose
+    method, in the recipe's space, produces low-rank updates)."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    reads_base_weights: ClassVar[bool]
+    lowrank_only: ClassVar[bool]
+
+    def __init__(self, prepared: "Prepared") -> None:
+        self.prepared = prepared
+        self.recipe = prepared.recipe
+        self.folder: Optional[Path] = None
+
+    def check(self) -> None:
+        """Refuse, before any tensor is read, a plan this format cannot hold (UserError naming the field)."""
+        if not self.lowrank_only:
+            return
+        p, where = self.prepared, self.where
+        for t in p.plan.tensors:
+            if t.role is Role.AVERAGE or any(c.kind == "full" for c in t.contributions):
+                who = p.inputs.specialists[t.contributions[0].index].name
+                raise UserError(f"{where}: tensor {t.name} is changed in full by specialist '{who}'; a {self.name} "
+                                "output holds only low-rank updates of LoRA specialists; use format: full")
+            spec = p.method
+            if t.role is Role.MERGE and not produces_lowrank(spec, t.space, t.params):
+                raise UserError(f"{where}: method {spec.name} in space {t.space} does not produce low-rank "
+                                f"updates (at {t.name}); use format: full"
+                                + (", or space: core" if "core" in spec.spaces else ""))
+        if not p.plan.of_role(Role.MERGE):
+            raise UserError(f"{where}: no weight to merge")
+
+    @property
+    def where(self) -> str:
+        return f"{self.recipe.source_file}: output.format: {self.name}"
+
+    def streamed(self) -> list[PlannedTensor]:
+        """The planned tensors the engine streams into this format, in plan order."""
+        return self.prepared.plan.tensors if self.reads_base_weights else self.prepared.plan.of_role(Role.MERGE)
+
+    def out_dtype(self, t: PlannedTensor) -> torch.dtype:
+        """The dtype tensor t is written in: the recipe's output.dtype for floating tensors, else t's own."""
+        from ssam_cli.dtypes import OUTPUT_DTYPES
+
+        wanted = self.recipe.output.dtype
+        return t.dtype if wanted == "auto" or not t.dtype.is_floating_point else OUTPUT_DTYPES[wanted]
+
+    @abstractmethod
+    def materialize(self, t: PlannedTensor, base: Optional[torch.Tensor], delta: Delta) -> Any:
+        """The value to accept for merged weight t (runs in a worker thread: pure, no writing)."""
+
+    def open(self, folder: Path) -> None:
+        self.folder = folder
+
+    @abstractmethod
+    def accept(self, t: PlannedTensor, value: Any) -> None:
+        """Take tensor t's value (plan order): a full tensor, a LowRankDelta, or None for a rank-0 update."""
+
+    @abstractmethod
+    def finish(self) -> Finished:
+        """Write what remains (indexes, configs, modality files) into the folder."""
+
+    @abstractmethod
+    def verify(self) -> None:
+        """Read the written headers back: exactly what the plan promised, or RuntimeError."""
+
+
+def lowrank_value(t: PlannedTensor, delta: Delta, method: str) -> Optional[LowRankDelta]:
+    """A low-rank format's value: the update itself (finite), None at rank 0."""
+    if not isinstance(delta, LowRankDelta):
+        raise UserError(f"{t.name}: method {method} returned a dense update; use output.format: full")
+    if not delta.rank:
+        return None
+    merged_finite(t.name, delta.B)
+    merged_finite(t.name, delta.A)
+    return delta

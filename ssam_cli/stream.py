@@ -1,0 +1,130 @@
+"""The one stream merge and inspect-spectrum share: read planned tensors in order, ahead of the work, compute them
+on a few workers, and hand results back in plan order, with one progress display.
+
+Memory: at most `depth + 1` weights of every specialist in flight on the read side, and `workers` being computed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+
+import torch
+
+from ssam_cli.deltas import Delta, DenseDelta, LowRankDelta
+from ssam_cli.dtypes import COMPUTE
+from ssam_cli.inputs import Inputs
+from ssam_cli.plan import Plan, PlannedTensor, Role
+
+
+@dataclass
+class Loaded:
+    """One planned tensor's inputs as stored on disk (CPU): the base value if needed, and each contribution."""
+
+    tensor: PlannedTensor
+    base: Optional[torch.Tensor]
+    parts: dict[int, Any]  # specialist index → full tensor or LowRankDelta
+
+
+def read_inputs(inputs: Inputs, t: PlannedTensor, need_base: bool) -> Loaded:
+    """Read what tensor t needs from disk; safe to run in a background thread (no device work). The base value is
+    read when asked, or when a specialist changed t in full (its delta is W_i − W_0)."""
+    need_base = need_base or any(c.kind == "full" for c in t.contributions)
+    parts: dict[int, Any] = {}
+    for c in t.contributions:
+        src = inputs.source(c.index)
+        parts[c.index] = src.read_lowrank(c.key) if c.kind == "lowrank" else src.read(c.key)
+    return Loaded(t, inputs.base.read(t.name) if need_base else None, parts)
+
+
+def to_deltas(loaded: Loaded, n: int, device: torch.device) -> tuple[Optional[torch.Tensor], list[Delta]]:
+    """The base value and one delta per specialist, float32 on device (rank-0 zero where a specialist left it)."""
+    base = loaded.base.to(device, COMPUTE) if loaded.base is not None else None
+    deltas: list[Delta] = []
+    shape = loaded.tensor.shape
+    for i in range(n):
+        part = loaded.parts.get(i)
+        if part is None:
+            deltas.append(LowRankDelta.zero((shape[0], shape[1]), COMPUTE, device) if len(shape) == 2
+                          else DenseDelta(torch.zeros(shape, dtype=COMPUTE, device=device)))
+        elif isinstance(part, LowRankDelta):
+            deltas.append(part.to(device, COMPUTE))
+        else:
+            deltas.append(DenseDelta(part.to(device, COMPUTE) - base))
+    return base, deltas
+
+
+def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int, ahead: int,
+                name: str = "ssam") -> Iterator[Any]:
+    """fn over items in `workers` background threads (torch releases the GIL), results in the items' order.
+
+    While the caller holds one result, at most `ahead` further calls are submitted or done, which bounds memory to
+    ahead + 1 results. With ahead = 0 there is nothing to overlap and fn runs inline.
+    """
+    if ahead <= 0:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name) as pool:
+        pending: deque[Future[Any]] = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def prefetched(items: Sequence[PlannedTensor], read: Callable[[PlannedTensor], Loaded],
+               depth: int = 2) -> Iterator[Loaded]:
+    """Read the next `depth` tensors in a background thread while the current one is worked on."""
+    return ordered_map(read, items, workers=1, ahead=depth, name="ssam-read")
+
+
+def progress_bar(show: bool) -> Any:
+    """A rich progress bar on stderr, or None (quiet): the one progress display of every long command."""
+    if not show:
+        return nullcontext(None)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+
+
+def stream(items: Sequence[PlannedTensor], read: Callable[[PlannedTensor], Loaded], work: Callable[[Loaded], Any],
+           workers: int, progress: Any = None, label: str = "merging") -> Iterator[Any]:
+    """work(read(t)) for every t in items, read ahead in one thread, `workers` computed at a time (one: inline),
+    yielded in plan order; advances a progress task named `label`."""
+    task = progress.add_task(label, total=len(items)) if progress else None
+    for result in ordered_map(work, prefetched(items, read), workers, ahead=workers - 1, name="ssam-work"):
+        yield result
+        if progress:
+            progress.advance(task)
+
+
+def lowrank_only(plan: Plan) -> bool:
+    """Every merged weight is changed by LoRA updates only (the cheap, factored case)."""
+    return all(c.kind == "lowrank" for t in plan.of_role(Role.MERGE) for c in t.contributions)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How a stream runs: the device, how many weights at a time, and torch's CPU threads (None: torch's own)."""
+
+    device: torch.device
+    workers: int
+    threads: Optional[int]
+
+
+def schedule(plan: Plan, device: torch.device, threads: Optional[int] = None) -> Schedule:
+    """LoRA-only work on a CPU with two cores or more: two weights at a time, each on one torch thread (small
+    products and decompositions gain nothing from two threads per weight; see ssam_cli/threads.py). Otherwise one
+    weight at a time on torch's own threads. An explicit `threads` means one worker with that many threads."""
+    if threads is not None:
+        return Schedule(device, 1, threads)
+    cheap = device.type == "cpu" and lowrank_only(plan)
+    return Schedule(device, 2 if cheap and (os.cpu_count() or 1) >= 2 else 1, 1 if cheap else None)
