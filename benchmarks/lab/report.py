@@ -193,7 +193,7 @@ def _lambda_table(results: dict[str, Any]) -> list[str]:
     lines = ["| model | λ used (mean over weights; min–max) |", "|---|---|"]
     for row in _rows(results):
         used = _gather(results, row, lambda r: r.get("lambda_used"))
-        if used and "(auto)" in row:
+        if used and "auto)" in row:
             u = np.asarray(used)
             lines.append(f"| {row} | {u[:, 1].mean():.3f} ({u[:, 0].min():.3f}–{u[:, 2].max():.3f}) |")
     return lines if len(lines) > 2 else []
@@ -275,3 +275,37 @@ def _regime_markdown(name: str, results: dict[str, Any]) -> list[str]:
     if tuned:
         out += [f"{sub}Parameters chosen on the validation split", "", *tuned, ""]
     return out
+
+
+def combine(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several results.json of one mode (e.g. seeds or regimes run in separate invocations) as one: every
+    (regime, seed) they hold; a (regime, seed) present twice keeps the later part's. Wall time: the sum."""
+    regimes: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for name, reg in part["regimes"].items():
+            into = regimes.setdefault(name, {"regime": reg["regime"], "seeds": {}})
+            into["seeds"].update(reg["seeds"])
+    for reg in regimes.values():
+        reg["seeds"] = {k: reg["seeds"][k] for k in sorted(reg["seeds"], key=int)}
+    return {**parts[-1], "regimes": regimes, "wall_seconds": sum(p["wall_seconds"] for p in parts),
+            "combined_from": len(parts)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m benchmarks.lab.report OUT.json PART.json… : combine results files and write OUT.json + OUT.md."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("parts", type=Path, nargs="+")
+    args = parser.parse_args(argv)
+    results = combine([json.loads(p.read_text()) for p in args.parts])
+    args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -60,7 +60,7 @@ class Regime:
 
 
 REGIMES = {
-    "interfering": Regime("interfering", rank=16, alpha=32, steps=300, lr=1e-2, modalities=MODALITIES,
+    "interfering": Regime("interfering", rank=16, alpha=32, steps=300, lr=4e-3, modalities=MODALITIES,
                           ablation_ranks=(4, 8, 16, 32, 64)),
     "low": Regime("low", rank=8, alpha=16, steps=150, lr=2e-3, modalities=MODALITIES),
 }
@@ -304,7 +304,12 @@ def run_seed(lab: Lab, seed: int, reuse_demo: bool, methods: list[str]) -> dict[
         variants: dict[str, tuple[dict[str, Any], str]] = {"default": ({}, "dense")}
         if b.tune and "lambda" in _accepts(method):
             variants["λ=1/n"] = ({"lambda": 1.0 / n}, "dense")
-        if _takes_auto(method):
+        if method == "ssam":  # the paper's regime, k = r < Σr: at its default k (capped at Σr) SSAM is averaging
+            k = lab.regime.rank
+            if b.tune:
+                variants[f"k={k}, λ=1/n"] = ({"rank": k, "lambda": 1.0 / n}, "dense")
+            variants[f"k={k}, auto"] = ({"rank": k, "lambda": "auto"}, "dense")
+        elif _takes_auto(method):
             variants["auto"] = ({"lambda": "auto"}, "dense")
         if b.tune:
             val = {_label(method, p): (p, lab.merge_and_score(method, p, specialists, seed, "val"))

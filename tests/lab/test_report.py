@@ -65,3 +65,13 @@ def test_regimes_get_a_section_each_with_the_paper_shaped_main_table() -> None:
     assert ("| ssam (auto) | 50.0 | 50.0 | 50.0 | 50.0 | 50.0 | 25.0 | 25.0 | 25.0 | 25.0 | 60.0 | 0.950 |" in md)
     assert "| ssam (auto) | 0.400 (0.300–0.500) |" in md  # the λ auto chose
     assert "| 0 | 64 | 16 | 70.0 | 60.0 |" in md  # suggested k against the ablation's best
+
+
+def test_combine_takes_every_regime_and_seed_of_its_parts() -> None:
+    reg = {"name": "low"}
+    a = {"mode": "full", "wall_seconds": 10.0, "regimes": {"low": {"regime": reg, "seeds": {"1": {"x": 1}}}}}
+    b = {"mode": "full", "wall_seconds": 5.0, "regimes": {"low": {"regime": reg, "seeds": {"0": {"x": 0}}},
+                                                        "interfering": {"regime": reg, "seeds": {"0": {"x": 2}}}}}
+    got = report.combine([a, b])
+    assert list(got["regimes"]["low"]["seeds"]) == ["0", "1"] and got["regimes"]["interfering"]["seeds"]["0"] == {"x": 2}
+    assert got["wall_seconds"] == 15.0
