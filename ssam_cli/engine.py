@@ -18,6 +18,7 @@ import torch
 from ssam_cli.deltas import DenseDelta
 from ssam_cli.device import pick_device
 from ssam_cli.dtypes import COMPUTE
+from ssam_cli.errors import RecipeError, UserError
 from ssam_cli.finite import merged_finite
 from ssam_cli.inputs import Inputs, open_inputs
 from ssam_cli.manifest import Manifest
@@ -32,7 +33,7 @@ from ssam_cli.seeds import tensor_seed
 from ssam_cli.spaces import merge_in_space
 from ssam_cli.stream import Loaded, Schedule, lowrank_only, progress_bar, read_inputs, schedule, stream, to_deltas
 from ssam_cli.threads import torch_threads
-from ssam_cli.writers.atomic import AtomicFolder
+from ssam_cli.writers.atomic import AtomicFolder, check_no_overlap
 
 
 @dataclass
@@ -50,6 +51,13 @@ def prepare(recipe: Recipe, check_output: bool = True) -> Prepared:
     """Open inputs and plan; every input problem surfaces here, before any tensor is read. `check_output=False`
     skips the output format's checks, for commands that read the inputs but write no merge (inspect-spectrum)."""
     inputs = open_inputs(recipe)
+    if check_output:  # replacing the output must never delete an input or the recipe: refuse any overlap
+        sources = [inputs.base, *(s.source for s in inputs.specialists)]
+        try:
+            check_no_overlap(recipe.output_path, [recipe.source_file, *(s.path for s in sources),
+                                                  *(f for s in sources for f in s.files())])
+        except UserError as e:
+            raise RecipeError(str(recipe.source_file), "output.path", str(e)) from None
     plan = build_plan(inputs.base, inputs.specialists, recipe.modules.keep, recipe.modules.average,
                       params_of=recipe.method_params, space=recipe.space)
     prepared = Prepared(recipe, inputs, plan, REGISTRY[recipe.method])
@@ -180,6 +188,11 @@ def compute(p: Prepared, loaded: Loaded, dev: torch.device, prepass: PrepassRun,
     analysis = None
     if t.role is Role.COPY:
         assert loaded.base is not None
+        for index, part in loaded.parts.items():  # an integer tensor a full specialist carries: left alone?
+            if not torch.equal(part, loaded.base):
+                raise UserError(f"specialist '{p.inputs.specialists[index].name}': tensor {t.name} is an integer "
+                                f"tensor ({t.dtype}) it changed; integer tensors are never merged, only copied "
+                                "from the base when every specialist leaves them unchanged")
         value: Any = loaded.base.to(fmt.out_dtype(t))  # the base's own value
     elif t.role is Role.AVERAGE:
         base, deltas = to_deltas(loaded, n, dev)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -100,7 +101,8 @@ class Manifest(_Record):
     def write(self, folder: Path) -> "Manifest":
         """List every file of the folder (but the manifest and the card) with its hash, then write manifest.json."""
         done = self.model_copy(update={"files": output_files(folder)})
-        (folder / MANIFEST).write_text(json.dumps(done.as_json(), indent=2, default=str))
+        text = json.dumps(json_safe(done.as_json()), indent=2, default=str, allow_nan=False)
+        (folder / MANIFEST).write_text(text)
         return done
 
     @classmethod
@@ -119,6 +121,18 @@ class Manifest(_Record):
             first = e.errors()[0]
             where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"]).lstrip(".")
             raise ValueError(f"{path}: not an ssam manifest ({where}: {first['msg']})") from None
+
+
+def json_safe(value: Any) -> Any:
+    """value with every non-finite float (a figure of an all-zero update, say) as None: JSON has no NaN or inf,
+    and a manifest must be valid JSON for every reader."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:

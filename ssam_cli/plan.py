@@ -4,7 +4,8 @@ merge   2-D weights some specialist changed: the method merges their deltas
 average other floating tensors some specialist changed (biases, norms): mean of the specialists
 keep    modality-specific tensors (modules.keep, and every tensor a ModelCompose specialist holds besides its
         language LoRA): written per specialist, never merged
-copy    tensors no specialist changed: the base's own value
+copy    tensors no specialist changed: the base's own value (integer tensors too: one that a specialist
+        changed cannot be merged, and the engine refuses it when it reads the values)
 """
 
 from __future__ import annotations
@@ -155,8 +156,8 @@ def build_plan(base: Source, specialists: Sequence[NamedSource], keep: Sequence[
     for name, info in base_infos.items():
         contrib = tuple(contributions[name])
         if matches(name, keep) or not contrib or not info.dtype.is_floating_point:
-            role = Role.COPY
-            contrib = ()
+            role = Role.COPY  # an integer tensor keeps its full specialists: the engine checks they left it alone
+            contrib = contrib if not info.dtype.is_floating_point and not matches(name, keep) else ()
         elif len(info.shape) == 2 and not matches(name, average):
             role = Role.MERGE
         else:

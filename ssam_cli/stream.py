@@ -17,8 +17,10 @@ import torch
 
 from ssam_cli.deltas import Delta, DenseDelta, LowRankDelta
 from ssam_cli.dtypes import COMPUTE
+from ssam_cli.finite import require_finite
 from ssam_cli.inputs import Inputs
 from ssam_cli.plan import Plan, PlannedTensor, Role
+from ssam_cli.sources.base import Source
 
 
 @dataclass
@@ -31,14 +33,29 @@ class Loaded:
 
 
 def read_inputs(inputs: Inputs, t: PlannedTensor, need_base: bool) -> Loaded:
-    """Read what tensor t needs from disk; safe to run in a background thread (no device work). The base value is
-    read when asked, or when a specialist changed t in full (its delta is W_i − W_0)."""
+    """Read what tensor t needs from disk, each value checked finite; safe to run in a background thread (no device
+    work). The base value is read when asked, or when a specialist changed t in full (its delta is W_i − W_0)."""
     need_base = need_base or any(c.kind == "full" for c in t.contributions)
     parts: dict[int, Any] = {}
     for c in t.contributions:
-        src = inputs.source(c.index)
-        parts[c.index] = src.read_lowrank(c.key) if c.kind == "lowrank" else src.read(c.key)
-    return Loaded(t, inputs.base.read(t.name) if need_base else None, parts)
+        named = inputs.specialists[c.index]
+        if c.kind == "lowrank":
+            delta = named.source.read_lowrank(c.key)
+            for factor in (delta.B, delta.A):
+                checked_finite(factor, f"specialist '{named.name}'", named.source, c.key)
+            parts[c.index] = delta
+        else:
+            parts[c.index] = checked_finite(named.source.read(c.key), f"specialist '{named.name}'", named.source,
+                                            c.key)
+    base = checked_finite(inputs.base.read(t.name), "base", inputs.base, t.name) if need_base else None
+    return Loaded(t, base, parts)
+
+
+def checked_finite(tensor: torch.Tensor, who: str, source: Source, key: str) -> torch.Tensor:
+    """An input tensor as read, if every value is finite: a NaN or inf in an input would silently wipe out or
+    poison the merge (SSAM's numerical rank drops to 0), so it is an error naming the input, file and tensor."""
+    return require_finite(tensor, f"{who}: {source.file_of(key)}: tensor {key} has non-finite values (inf/nan); "
+                                  "a merge of it would be meaningless")
 
 
 def to_deltas(loaded: Loaded, n: int, device: torch.device) -> tuple[Optional[torch.Tensor], list[Delta]]:

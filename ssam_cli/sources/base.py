@@ -59,6 +59,10 @@ class Source(ABC):
     def files(self) -> list[Path]:
         """Every file the source reads, for hashing into the manifest."""
 
+    def file_of(self, name: str) -> Path:
+        """The file that stores tensor (or low-rank weight) `name`, for messages; the source's path by default."""
+        return self.path
+
     def describe(self) -> dict:
         """Facts for the manifest and the plan table (kind, and whatever the format adds)."""
         return {"kind": self.kind}

@@ -93,5 +93,8 @@ class FullCheckpoint(Source):
     def read(self, name: str) -> torch.Tensor:
         return self._store.read(name)
 
+    def file_of(self, name: str) -> Path:
+        return self._store.file_of(name)
+
     def files(self) -> list[Path]:
         return self._store.files + self._indexes

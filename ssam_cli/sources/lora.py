@@ -195,6 +195,9 @@ class LoraAdapter(Source):
     def files(self) -> list[Path]:
         return [self.path / CONFIG, self._weights_file]
 
+    def file_of(self, name: str) -> Path:
+        return self._weights_file
+
     def describe(self) -> dict:
         return {"kind": self.kind, "r": self.config["r"], "lora_alpha": self.config["lora_alpha"],
                 "use_rslora": bool(self.config.get("use_rslora")), "targets": len(self._lowrank)}

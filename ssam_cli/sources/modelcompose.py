@@ -227,6 +227,9 @@ class ModelComposeSpecialist(Source):
     def files(self) -> list[Path]:
         return [self.path / CONFIG, self.weights_file]
 
+    def file_of(self, name: str) -> Path:
+        return self.weights_file
+
     def describe(self) -> dict:
         encoders = {k: self.config[k] for k in ENCODER_KEYS if self.config.get(k)}
         return {"kind": self.kind, "variant": self.variant, "modality": self.modality,

@@ -65,6 +65,9 @@ class SafetensorsFiles:
     def read(self, name: str) -> torch.Tensor:
         return self._open(self._file_of[name]).get_tensor(name)
 
+    def file_of(self, name: str) -> Path:
+        return self._file_of[name]
+
     @property
     def files(self) -> list[Path]:
         return sorted(set(self._file_of.values()))

@@ -99,6 +99,9 @@ class TorchBinFiles:
     def read(self, name: str) -> torch.Tensor:
         return self._tensors[name]
 
+    def file_of(self, name: str) -> Path:
+        return self._file_of[name]
+
     @property
     def files(self) -> list[Path]:
         return sorted(set(self._file_of.values()))
