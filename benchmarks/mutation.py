@@ -10,6 +10,9 @@ refactor). The copy is the working tree as git sees it (tracked and untracked, n
 tree itself is never touched (`--rev HEAD` takes a commit's files instead, e.g. while others edit). Every mutant runs the test files it names (globs; missing ones are dropped) with
 `pytest -x -q`; a failing test run kills it, a green one means it survived. The unmutated copy runs every
 selected test file first: a red baseline makes every verdict meaningless, so it stops there.
+Mutants found equivalent (no test can kill them) were replaced by ones that change behaviour: `n·s > r` → `≥` in
+Iso-CTS's sizes (r // n = s exactly when n·s = r), the merged core's scale (always 1 for the methods that run on
+cores), modules.keep on base tensors (a kept tensor never gets a contribution anyway).
 Exit status: 0 when no mutant survived, 1 when some did, 2 when the baseline fails. Not run in CI.
 """
 
@@ -33,20 +36,22 @@ PACKAGE = "ssam_cli"
 @dataclass(frozen=True)
 class Mutant:
     id: str
-    old: str
-    new: str
+    edits: tuple[tuple[str, str], ...]  # (old, new) spellings of one bug: the first whose `old` is found applies
     tests: tuple[str, ...]  # globs relative to the repository root
     why: str
     quick: bool = False
 
 
-def m(id: str, old: str, new: str, tests: str, why: str, quick: bool = False) -> Mutant:
-    return Mutant(id, old, new, tuple(tests.split()), why, quick)
+def m(id: str, old: str, new: str, tests: str, why: str, quick: bool = False,
+      also: tuple[tuple[str, str], ...] = ()) -> Mutant:
+    """A mutant; `also` gives the same bug in other spellings of the code (before and after a refactor)."""
+    return Mutant(id, ((old, new), *also), tuple(tests.split()), why, quick)
 
 
 SSAM_TESTS = "tests/methods/test_ssam*.py tests/test_linalg*.py tests/consensus/test_*.py"
 ZOO = "tests/test_zoo.py"
 E2E = "tests/test_weights_and_seed.py tests/test_end_to_end_references.py"
+SPACES = "tests/test_spaces.py tests/test_core_space_end_to_end.py"
 MUTANTS: list[Mutant] = [
     # consensus bases (linalg.py / consensus/)
     m("tall-branch", "vectors = Q @ Ur", "vectors = Q @ Ur.T", "tests/methods/test_ssam_exact_dense.py",
@@ -56,9 +61,11 @@ MUTANTS: list[Mutant] = [
     m("exact-values-unsquared", "values = evals[order].clamp_min(0).sqrt()", "values = evals[order].clamp_min(0)",
       "tests/methods/test_ssam_exact_dense.py", "exact dense path: σ² reported as σ (energy, numerical rank)"),
     m("left-singular-transposed", "U = Q @ Ur.to(Q.dtype)", "U = Q @ Ur.T.to(Q.dtype)",
-      f"{SSAM_TESTS} tests/test_spaces.py", "thin-QR left singular vectors: wrong rotation (core-space basis)"),
+      f"{SSAM_TESTS} {SPACES}", "thin-QR left singular vectors: wrong rotation (core-space basis)"),
     m("rank-tolerance", "tol = float(self.values[0]) * max(self.matrix_shape) * FLOAT32_EPS",
-      "tol = float(self.values[0]) * 0.5", SSAM_TESTS, "numerical rank cut far too early: k capped wrongly"),
+      "tol = float(self.values[0]) * 0.5", f"{SSAM_TESTS} tests/methods/test_spectral.py",
+      "numerical rank cut far too early: k capped wrongly",
+      also=(("return top * size * FLOAT32_EPS", "return top * 0.5"),)),
     m("k-ignored", "k_u = min(k, left.numerical_rank)", "k_u = left.numerical_rank", SSAM_TESTS,
       "the requested k ignored on the left side", quick=True),
     m("project-sum-scale", "C += d.scale * ((U.T @ d.B) @ (d.A @ V))", "C += (U.T @ d.B) @ (d.A @ V)",
@@ -115,7 +122,7 @@ MUTANTS: list[Mutant] = [
       "TSV keeps every singular vector of every task"),
     m("iso-mean", "sigma = float(S.mean())", "sigma = float(S.max())", "tests/methods/test_iso.py",
       "Iso-C flattens to the largest singular value"),
-    m("iso-cts-sizes", "if n * s > r:", "if n * s >= r:", "tests/methods/test_iso.py",
+    m("iso-cts-sizes", "return r - n * s, s", "return r - s, s", "tests/methods/test_iso.py",
       "Iso-CTS subspace sizes do not add up to the full rank"),
     m("thin-svd-scale", "core = (Rb.double() @ Ra.double().T) * delta.scale",
       "core = Rb.double() @ Ra.double().T", "tests/methods/test_spectral.py tests/test_spectra.py "
@@ -129,18 +136,17 @@ MUTANTS: list[Mutant] = [
       "centred, _ = _truncated(DenseDelta(v.dense()), k, shape)", "tests/methods/test_optmerge.py",
       "OptMerge targets not centred"),
     # merge spaces
-    m("core-scale", "merged = LowRankDelta(U @ m.B, m.A @ V.T, m.scale)", "merged = LowRankDelta(U @ m.B, m.A @ V.T)",
-      f"tests/test_spaces.py {ZOO}", "core space drops the merged scale"),
-    m("factor-fold", "d.B if shared is not None else d.B * d.scale", "d.B", f"tests/test_spaces.py {ZOO}",
+    m("core-scale", "LowRankDelta(U.T @ d.B, d.A @ V, d.scale) for d in deltas",
+      "LowRankDelta(U.T @ d.B, d.A @ V) for d in deltas", f"{SPACES} {ZOO}", "core space drops the LoRA scales"),
+    m("factor-fold", "d.B if shared is not None else d.B * d.scale", "d.B", f"{SPACES} {ZOO}",
       "factor space with different scales does not fold them"),
     # plan
     m("plan-average-ignored", "elif len(info.shape) == 2 and not matches(name, average):",
       "elif len(info.shape) == 2:", "tests/test_plan.py tests/test_engine.py", "modules.average ignored"),
-    m("plan-keep-ignored", "if matches(name, keep) or not contrib or not info.dtype.is_floating_point:",
-      "if not contrib or not info.dtype.is_floating_point:", "tests/test_plan.py tests/test_engine.py",
-      "modules.keep ignored for base tensors"),
+    m("plan-keep-ignored", 'if matches(key, keep) or src.kind == "modelcompose":', 'if src.kind == "modelcompose":',
+      "tests/test_plan.py tests/test_engine.py", "modules.keep ignored for a specialist's tensors"),
     m("plan-ambiguous-suffix", "return hits[0] if len(hits) == 1 else None", "return hits[0] if hits else None",
-      "tests/test_plan.py tests/sources/test_*.py", "an adapter key matching two base weights paired with one"),
+      "tests/test_plan.py tests/test_adapter_pairing.py", "an adapter key matching two base weights paired with one"),
     m("plan-order", "planned.sort(key=lambda t: (layer_of(t.name), order[t.name]))", "pass",
       "tests/test_plan.py tests/test_engine.py", "tensors not processed layer by layer"),
     # sources/lora
@@ -150,7 +156,9 @@ MUTANTS: list[Mutant] = [
     m("lora-rslora", "denominator = math.sqrt(rank) if self.config.get(\"use_rslora\") else rank",
       "denominator = rank", "tests/sources/test_lora.py", "use_rslora ignored"),
     m("lora-alpha-pattern", "                alpha = float(value)", "                pass",
-      "tests/sources/test_lora.py", "alpha_pattern ignored"),
+      "tests/sources/test_lora.py", "alpha_pattern ignored",
+      also=(('alpha, _ = self._configured(weight[: -len(".weight")], "alpha_pattern", "lora_alpha")',
+             'alpha = float(self.config["lora_alpha"])'),)),
     # engine: seed and weights
     m("seed-constant", "def tensor_seed(seed: int, name: str) -> int:",
       "def tensor_seed(seed: int, name: str) -> int:\n    return 0", f"tests/test_engine.py {ZOO} {E2E}",
@@ -161,7 +169,8 @@ MUTANTS: list[Mutant] = [
       f"tests/test_engine.py {E2E}", "the recipe's seed ignored"),
     m("engine-weights", "weights = [s.weight for s in p.recipe.specialists]",
       "weights = [1.0 for s in p.recipe.specialists]", f"tests/test_engine.py {ZOO} {E2E}",
-      "the engine ignores the specialists' weights (issue 13, bug 3)", quick=True),
+      "the engine ignores the specialists' weights (issue 13, bug 3)", quick=True,
+      also=(("return [s.weight for s in self.specialists]", "return [1.0 for s in self.specialists]"),)),
     m("engine-average-weights", "d.dense() * (w / sum(weights))", "d.dense() * (1 / len(weights))",
       f"tests/test_engine.py {E2E}", "biases and norms averaged without the weights"),
 ]
@@ -217,14 +226,16 @@ def run_tests(root: Path, files: list[str], timeout: float) -> tuple[bool, str]:
 
 
 def apply(root: Path, mutant: Mutant) -> dict[Path, str]:
-    """Replace every occurrence of mutant.old in the copy's package; the original texts of the files changed."""
-    originals = {}
-    for path in sorted((root / PACKAGE).rglob("*.py")):
-        text = path.read_text()
-        if mutant.old in text:
-            originals[path] = text
-            path.write_text(text.replace(mutant.old, mutant.new))
-    return originals
+    """Replace every occurrence of the first of the mutant's spellings found in the copy's package; the original
+    texts of the files changed (none: no spelling found)."""
+    sources = {path: path.read_text() for path in sorted((root / PACKAGE).rglob("*.py"))}
+    for old, new in mutant.edits:
+        originals = {path: text for path, text in sources.items() if old in text}
+        for path, text in originals.items():
+            path.write_text(text.replace(old, new))
+        if originals:
+            return originals
+    return {}
 
 
 def main() -> int:
