@@ -42,6 +42,7 @@ class InputRecord(BaseModel):
     path: str
     revision: Optional[str] = None
     repo_id: Optional[str] = None
+    subfolder: Optional[str] = None  # the folder of the repo (or local path) the input was read from
     commit: Optional[str] = None
     license: Optional[str] = None
     modality: Optional[str] = None

@@ -65,7 +65,7 @@ def describe_inputs(p: "Prepared") -> list[InputRecord]:
 
 def _origin(p: "Prepared", name: str) -> dict[str, Any]:
     origin = p.inputs.origins[name]
-    return {"repo_id": origin.repo_id, "commit": origin.commit}
+    return {"repo_id": origin.repo_id, "subfolder": origin.subfolder, "commit": origin.commit}
 
 
 def peak_rss_mb() -> float:

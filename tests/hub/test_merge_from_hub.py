@@ -104,4 +104,6 @@ def test_a_bin_sharded_base_and_specialists_in_subfolders_of_one_repo_resolve_an
         assert rel_err(merged[name] - base[name], ssam_reference(deltas, 4, 1 / 2)) < 1e-5, name
     rows = {r["name"]: r for r in json.loads((result.output / "manifest.json").read_text())["inputs"]}
     assert rows["base"]["commit"] == base_commit and rows["vision"]["commit"] == compose_commit
+    assert (rows["vision"]["repo_id"], rows["vision"]["subfolder"], rows["base"]["subfolder"]) == \
+        ("org/compose", "vision-ft", None)  # the manifest pins repo, subfolder and commit
     assert sorted(f["path"] for f in rows["base"]["files"]) == sorted(fake_hub.files("lmsys/tiny-vicuna"))[1:]
