@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ssam_cli.errors import RecipeError
+from ssam_cli.paths import resolve_local
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -169,11 +170,11 @@ class Recipe(_Strict):
 
     def local_path(self, ref: ModelRef) -> Path:
         """The path of a local input, resolved against the recipe's folder."""
-        return _resolve(self.folder, ref.path)
+        return resolve_local(self.folder, ref.path)
 
     @property
     def output_path(self) -> Path:
-        return _resolve(self.folder, self.output.path)
+        return resolve_local(self.folder, self.output.path)
 
     @property
     def weights(self) -> list[float]:
@@ -282,14 +283,10 @@ def _check_paths(recipe: Recipe, label: str) -> None:
             ("output.path", recipe.output.path)]
     for field, text in refs:
         try:
-            _resolve(recipe.folder, text)
+            resolve_local(recipe.folder, text)
         except (OSError, RuntimeError) as e:  # RuntimeError: Python < 3.13's Path.resolve on a symlink loop
             reason = e.strerror if isinstance(e, OSError) and e.strerror else "symlink loop"
             raise RecipeError(label, field, f"{text}: cannot resolve the path: {reason}") from None
-
-
-def _resolve(folder: Path, text: str) -> Path:
-    return (folder / Path(text).expanduser()).resolve()
 
 
 def _check_parameters(recipe: Recipe, label: str) -> None:

@@ -11,7 +11,6 @@ The token is passed to huggingface_hub and never printed, logged or written.
 from __future__ import annotations
 
 import os
-import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Any, Iterator, Optional
 from ssam_cli.errors import UserError
 from ssam_cli.card_metadata import CARD
 from ssam_cli.hub.card import model_card, write_model_card
-from ssam_cli.hub.repo_id import is_repo_id
+from ssam_cli.hub.repo_id import is_repo_id, literal_pattern
 from ssam_cli.manifest import MANIFEST, Manifest, sha256_file
 
 # Left alone by verification: never uploaded by upload_folder either.
@@ -142,7 +141,7 @@ def _push_once(upload: Upload, private: bool, revision: Optional[str], create_pr
     before = api.repo_info(upload.repo_id, revision=branch).sha
     info = api.upload_folder(repo_id=upload.repo_id, folder_path=upload.folder, revision=revision,
                              create_pr=create_pr or None, commit_message=commit_message or _default_message(upload),
-                             allow_patterns=[_literal(p) for p, _ in upload.files], delete_patterns=STALE_PATTERNS)
+                             allow_patterns=[literal_pattern(p) for p, _ in upload.files], delete_patterns=STALE_PATTERNS)
     return Pushed(str(info.commit_url), str(info.oid), changed=info.oid != before, pr_url=info.pr_url)
 
 
@@ -151,9 +150,6 @@ def _default_message(upload: Upload) -> str:
     return f"ssam: {upload.manifest.get('method', 'merge')} merge of {', '.join(names) or 'specialists'}"
 
 
-def _literal(path: str) -> str:
-    """An fnmatch pattern matching exactly this path (upload_folder filters with fnmatch)."""
-    return re.sub(r"([*?\[])", r"[\1]", path)
 
 
 class _Retryable(Exception):

@@ -1,4 +1,5 @@
-"""What a Hugging Face Hub repo id looks like; torch-free so `ssam push` starts fast."""
+"""What a Hugging Face Hub repo id looks like, and exact file patterns for its API; torch-free so `ssam push` starts
+fast."""
 
 from __future__ import annotations
 
@@ -12,3 +13,8 @@ _REPO_ID = re.compile(rf"^{_PART}/{_PART}$")
 def is_repo_id(text: str) -> bool:
     """`org/name` with Hub-legal parts: letters, digits, `-`, `_`, `.`; no `--` or `..`; at most 96 characters each."""
     return bool(_REPO_ID.match(text)) and "--" not in text and ".." not in text
+
+
+def literal_pattern(path: str) -> str:
+    """An fnmatch pattern matching exactly this path (huggingface_hub's allow_patterns are fnmatch patterns)."""
+    return re.sub(r"([*?\[])", r"[\1]", path)

@@ -21,7 +21,8 @@ from pathlib import Path, PurePosixPath
 from typing import Optional, Sequence
 
 from ssam_cli.errors import InputError
-from ssam_cli.hub.repo_id import HF_PREFIX, is_repo_id
+from ssam_cli.paths import resolve_local
+from ssam_cli.hub.repo_id import HF_PREFIX, is_repo_id, literal_pattern
 from ssam_cli.sources import checkpoint, torch_bin
 
 __all__ = ["Resolved", "resolve", "patterns_for", "is_repo_id", "HF_PREFIX", "PATTERNS"]
@@ -90,7 +91,7 @@ def resolve(path_or_id: str, revision: Optional[str], recipe_dir: Path, patterns
     """
     forced = path_or_id.startswith(HF_PREFIX)
     text = path_or_id[len(HF_PREFIX):] if forced else path_or_id
-    local = (recipe_dir / Path(text).expanduser()).resolve()
+    local = resolve_local(recipe_dir, text)
     if not forced and local.exists():
         if revision is not None:
             raise InputError(f"{path_or_id}: `revision: {revision}` applies to Hub repo ids only, "
@@ -135,7 +136,7 @@ def _download(repo_id: str, revision: Optional[str], subfolder: Optional[str], p
                 raise InputError(f"{where}: the repo holds none of the files ssam reads{inside} "
                                  f"({', '.join(patterns[:4])}, ...)")
             folder = Path(snapshot_download(repo_id, revision=listing[0].commit_hash,
-                                            allow_patterns=[_literal(f) for f in chosen], **common))
+                                            allow_patterns=[literal_pattern(f) for f in chosen], **common))
     except RevisionNotFoundError:
         raise InputError(f"{repo_id}: revision {revision!r} not found on the Hub") from None
     except GatedRepoError:
@@ -195,6 +196,3 @@ def _cached(repo_id: str, revision: Optional[str], prefix: str, patterns: list[s
     return cached([p for p in patterns if p not in SAFETENSORS_WEIGHTS])
 
 
-def _literal(path: str) -> str:
-    """An fnmatch pattern matching exactly this path (allow_patterns are fnmatch patterns)."""
-    return re.sub(r"([*?\[])", r"[\1]", path)

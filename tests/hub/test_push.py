@@ -205,6 +205,8 @@ def test_a_missing_folder_and_a_bad_repo_id_are_refused(tmp_path: Path, output: 
 def test_upload_patterns_match_exactly_one_path(name):
     import fnmatch
 
-    pattern = push_module._literal(name)
+    from ssam_cli.hub.repo_id import literal_pattern
+
+    pattern = literal_pattern(name)
     assert fnmatch.fnmatch(name, pattern)
     assert not fnmatch.fnmatch(name + "x", pattern) and not fnmatch.fnmatch("x" + name, pattern)
