@@ -165,3 +165,16 @@ def test_an_unreadable_input_is_one_line_with_the_os_reason(inputs):
     line = one_line(out)
     assert str(inputs / "a") in line and "Permission denied" in line, line
     assert not (inputs / "out").exists() and leftovers(inputs) == []
+
+
+@pytest.mark.parametrize("output, what", [(".", "contains the input"), ("base", "is the input"),
+                                          ("a/merged", "lies inside the input"), ("..", "contains the input")])
+def test_an_output_overlapping_an_input_is_refused_even_with_overwrite(inputs, output, what):
+    write_recipe(inputs / "recipe.yaml", Path("base"), [("a", Path("a"))], parameters={"rank": 4},
+                 output={"path": output})
+    before = tree_hash(inputs)
+    out = ssam("merge", str(inputs / "recipe.yaml"), "--overwrite", "-q")
+    assert out.returncode == 2
+    line = one_line(out)
+    assert what in line and "--overwrite" not in line, line
+    assert tree_hash(inputs) == before
