@@ -188,6 +188,11 @@ def compute(p: Prepared, loaded: Loaded, dev: torch.device, prepass: PrepassRun,
     analysis = None
     if t.role is Role.COPY:
         assert loaded.base is not None
+        for index, part in loaded.parts.items():  # an integer tensor a full specialist carries: left alone?
+            if not torch.equal(part, loaded.base):
+                raise UserError(f"specialist '{p.inputs.specialists[index].name}': tensor {t.name} is an integer "
+                                f"tensor ({t.dtype}) it changed; integer tensors are never merged, only copied "
+                                "from the base when every specialist leaves them unchanged")
         value: Any = loaded.base.to(fmt.out_dtype(t))  # the base's own value
     elif t.role is Role.AVERAGE:
         base, deltas = to_deltas(loaded, n, dev)
