@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Callable, Iterator, Literal, Optional, Protocol, Sequence, Union
+from typing import Annotated, Any, Callable, Iterator, Literal, Optional, Protocol, Sequence, Union, get_args
 
 import torch
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ssam_cli.deltas import Delta
+from ssam_cli.recipe import Space
 
 
 def _positive_int(v: int) -> int:
@@ -114,7 +115,7 @@ class MethodSpec:
     params: type[MethodParams]
     merge: MergeFn
     lowrank_output: bool = False
-    spaces: tuple[str, ...] = ("dense", "factor", "core")
+    spaces: tuple[str, ...] = get_args(Space)  # every space the recipe can name
     exact_on_factors: bool = False
     lowrank_when: Optional[Callable[[Any], bool]] = None  # params → low-rank output, where it depends on them
     prepass: Optional[Prepass] = None
