@@ -59,6 +59,7 @@ def test_composed_model_holds_the_ssam_merge_and_every_modality_file_untouched(m
 
     manifest = result.manifest.as_json()
     assert set(manifest["modalities"]) == {"vision", "video", "point"}
+    assert manifest["modalities"]["vision"]["averaged"] == ["prefix_tokens.default", "suffix_tokens.default"]
     assert manifest["modelcompose"]["lora_r"] == rank
     assert manifest["tensors"][Q]["space"] == "dense" and "spectrum" in manifest
     assert not (result.output / "modalities").exists()  # everything lives in the composed file

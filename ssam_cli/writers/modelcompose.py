@@ -304,10 +304,7 @@ def verify_written(path: Path, expected: Mapping[str, tuple[int, ...]]) -> None:
 class ModelComposeWriter:
     """The engine's side: collect merged `default` updates (small, factored), write everything at close."""
 
-    def __init__(self, folder: Path, comp: Composition, dtype: Optional[torch.dtype] = None,
-                 safetensors: bool = False) -> None:
-        if safetensors:  # transitional: the callers drop this argument with output.safetensors
-            raise UserError("output.safetensors: removed; ModelCompose's loader reads only adapter_model.bin")
+    def __init__(self, folder: Path, comp: Composition, dtype: Optional[torch.dtype] = None) -> None:
         self.folder, self.comp = folder, comp
         first = comp.specialists[0][1]
         self.dtype = dtype or first.read_lowrank(next(iter(first.lowrank))).A.dtype
