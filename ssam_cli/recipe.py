@@ -93,7 +93,6 @@ class Output(_Strict):
     format: str = Field(default="full", description="an output format of ssam_cli/outputs (full, lora, modelcompose)")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     shard_size: Union[int, str] = Field(default="5GB", validate_default=True)
-    safetensors: bool = Field(default=False, description="modelcompose format: safetensors instead of adapter_model.bin")
 
     @field_validator("shard_size")
     @classmethod

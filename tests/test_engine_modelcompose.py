@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from ssam_cli.engine import prepare, run_merge
-from ssam_cli.errors import UserError
+from ssam_cli.errors import RecipeError, UserError
 from ssam_cli.recipe import load_recipe
 from ssam_cli.sources.modelcompose import load_tensor_dict
 from tests.fixtures.modelcompose import PAPER_SET, SET, make_modelcompose_set, multimodal_model
@@ -105,6 +105,13 @@ def test_a_peft_specialist_cannot_join_a_composed_model_and_nothing_is_written(m
     with pytest.raises(UserError, match=r"output\.format: modelcompose: specialist 'peft'.*lora checkpoint"):
         prepare(load_recipe(recipe))
     assert not (mc / "merged-multimodal").exists()
+
+
+def test_output_safetensors_is_no_longer_an_option(mc: Path):
+    """ModelCompose's loader reads only adapter_model.bin: a safetensors variant would be a file it never reads."""
+    with pytest.raises(RecipeError, match=r"output\.safetensors"):
+        load_recipe(write_recipe(mc / "recipe.yaml", Path("base"), [(name, Path(name)) for name, *_ in SET],
+                                 output={"path": "merged-multimodal", "format": "modelcompose", "safetensors": True}))
 
 
 def test_a_folder_name_the_loader_would_misread_is_refused_before_any_work(mc: Path):

@@ -80,8 +80,7 @@ def test_defaults(tmp_path):
     r = load_recipe(write(tmp_path, {"base": "./base", "specialists": [{"name": "a", "path": "./a"}],
                                      "output": {"path": "out"}}))
     assert (r.method, r.space, r.device, r.seed, r.parameters) == ("ssam", "dense", "auto", 0, {})
-    assert (r.output.format, r.output.dtype, r.output.shard_size, r.output.safetensors) == ("full", "auto", 5 * 10**9,
-                                                                                           False)
+    assert (r.output.format, r.output.dtype, r.output.shard_size) == ("full", "auto", 5 * 10**9)
     a = r.specialists[0]
     assert (a.weight, a.format, a.modality, a.revision, a.encoders) == (1.0, "auto", None, None, {})
     assert r.base.revision is None
