@@ -14,6 +14,7 @@ from ssam_cli.errors import InputError, RecipeError
 from ssam_cli.plan import NamedSource
 from ssam_cli.recipe import ModelRef, Recipe
 from ssam_cli.sources import Source, open_source
+from ssam_cli.sources.decoder_prefix import DecoderMap
 from ssam_cli.sources.resolve import Resolved, patterns_for, resolve
 
 
@@ -47,7 +48,8 @@ def open_inputs(recipe: Recipe) -> Inputs:
     specialists = []
     for i, s in enumerate(recipe.specialists):
         source, origins[s.name] = _open(recipe, s, f"specialists[{i}].path", s.format, s.encoders)
-        specialists.append(NamedSource(s.name, source))
+        decoder = DecoderMap(s.decoder.prefix, s.decoder.replaces) if s.decoder is not None else None
+        specialists.append(NamedSource(s.name, source, decoder))
     return Inputs(base, specialists, origins)
 
 

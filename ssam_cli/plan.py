@@ -2,8 +2,9 @@
 
 merge   2-D weights some specialist changed: the method merges their deltas
 average other floating tensors some specialist changed (biases, norms): mean of the specialists
-keep    modality-specific tensors (modules.keep, and every tensor a ModelCompose specialist holds besides its
-        language LoRA): written per specialist, never merged
+keep    modality-specific tensors (modules.keep; every tensor a ModelCompose specialist holds besides its language
+        LoRA; every tensor of a wrapped multimodal checkpoint outside its decoder): written per specialist, never
+        merged
 copy    tensors no specialist changed: the base's own value (integer tensors too: one that a specialist
         changed cannot be merged, and the engine refuses it when it reads the values)
 """
@@ -20,6 +21,7 @@ import torch
 
 from ssam_cli.errors import InputError
 from ssam_cli.sources.base import Source, TensorInfo
+from ssam_cli.sources.decoder_prefix import DecoderMap, check_decoder, find_decoder
 
 
 class Role(str, Enum):
@@ -66,6 +68,7 @@ class Plan:
 
     tensors: list[PlannedTensor]
     kept: list[KeptTensor] = field(default_factory=list)
+    decoders: dict[str, DecoderMap] = field(default_factory=dict)  # full specialist → where it holds the decoder
 
     def count(self, role: Role) -> int:
         if role is Role.KEEP:
@@ -78,10 +81,12 @@ class Plan:
 
 @dataclass(frozen=True)
 class NamedSource:
-    """A specialist's source with the name the recipe gave it (for messages and modality files)."""
+    """A specialist's source with the name the recipe gave it (for messages and modality files), and the recipe's
+    `decoder:` for a full checkpoint that holds the base's decoder under other names (None: detected)."""
 
     name: str
     source: Source
+    decoder: Optional[DecoderMap] = None
 
 
 LAYER_INDEX = re.compile(r"\.(\d+)\.")  # the block index in a tensor name
@@ -115,26 +120,25 @@ def build_plan(base: Source, specialists: Sequence[NamedSource], keep: Sequence[
                space: str = "dense") -> Plan:
     """Pair every tensor by name, check shapes and dtypes, and assign roles; each merged weight gets
     params_of(its name) and `space`. Raises InputError naming tensor and file on any mismatch, missing tensor or
-    unexplained extra tensor."""
+    unexplained extra tensor.
+
+    A full checkpoint is paired through one name rewrite for its whole decoder (sources/decoder_prefix.py), never
+    tensor by tensor: under a wrapper, every tensor outside the decoder is kept for that specialist."""
     base_infos = base.tensors
     contributions: dict[str, list[Contribution]] = {name: [] for name in base_infos}
     kept: list[KeptTensor] = []
+    decoders: dict[str, DecoderMap] = {}
 
     for index, named in enumerate(specialists):
         src = named.source
         where = f"specialist '{named.name}' ({src.path})"
-        for key, info in src.tensors.items():
-            # Full checkpoints name tensors exactly; only adapters wrap names (a vision tower's
-            # `vision_tower.model.layers.0...` must never be paired with the decoder's `model.layers.0...`).
-            target = key if key in base_infos else None if src.kind == "full" else map_to_base(key, base_infos)
-            if matches(key, keep) or src.kind == "modelcompose":  # its tensors are all modality-specific
-                kept.append(KeptTensor(named.name, key, info.shape, info.dtype))
-                continue
-            if target is None:
-                raise InputError(f"{where}: tensor {key} is not in the base ({base.path}); if it is "
-                                 "modality-specific, add a pattern for it to modules.keep")
-            _check_pair(target, base_infos[target], info, where, base)
-            contributions[target].append(Contribution(index, "full", key))
+        if named.decoder is not None and src.kind != "full":
+            raise InputError(f"{where}: decoder: applies to full checkpoints; this specialist is a {src.kind} source")
+        if src.kind == "full":
+            decoders[named.name] = _decoder_of(named, base_infos, keep, where)
+            _pair_full(index, named, decoders[named.name], base, keep, contributions, kept, where)
+        else:
+            _pair_saved(index, named, base, keep, contributions, kept, where)
         for key, info in src.lowrank.items():
             target = map_to_base(key, base_infos)
             if target is None:
@@ -146,11 +150,6 @@ def build_plan(base: Source, specialists: Sequence[NamedSource], keep: Sequence[
                 raise InputError(f"{where}: LoRA on {target} has shape {tuple(info.shape)}, the base weight "
                                  f"{tuple(base_infos[target].shape)}")
             contributions[target].append(Contribution(index, "lowrank", key))
-        if src.kind == "full":
-            missing = [n for n in base_infos if n not in src.tensors and not matches(n, keep)]
-            if missing:
-                raise InputError(f"{where}: tensor {missing[0]} of the base is missing"
-                                 + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
 
     planned = []
     for name, info in base_infos.items():
@@ -168,12 +167,59 @@ def build_plan(base: Source, specialists: Sequence[NamedSource], keep: Sequence[
                                      space if merged else "dense"))
     order = {name: i for i, name in enumerate(base_infos)}
     planned.sort(key=lambda t: (layer_of(t.name), order[t.name]))
-    return Plan(planned, kept)
+    return Plan(planned, kept, decoders)
 
 
-def _check_pair(name: str, base_info: TensorInfo, info: TensorInfo, where: str, base: Source) -> None:
+def _decoder_of(named: NamedSource, base_infos: dict[str, TensorInfo], keep: Sequence[str],
+                where: str) -> DecoderMap:
+    """The recipe's rewrite, checked, or the one detected; base tensors matching modules.keep need not be there."""
+    required = [b for b in base_infos if not matches(b, keep)]
+    if named.decoder is not None:
+        return check_decoder(named.decoder, required, named.source.tensors, where)
+    return find_decoder(list(base_infos), required, named.source.tensors, where)
+
+
+def _pair_full(index: int, named: NamedSource, mapping: DecoderMap, base: Source, keep: Sequence[str],
+               contributions: dict[str, list[Contribution]], kept: list[KeptTensor], where: str) -> None:
+    """Each base tensor from the specialist's name for it; what the decoder does not hold is kept when the decoder
+    is wrapped (towers, projectors), and an error otherwise (a plain checkpoint holds only the base's tensors)."""
+    base_infos = base.tensors
+    base_of = {mapping(b): b for b in base_infos}
+    for key, info in named.source.tensors.items():
+        target = base_of.get(key)
+        if matches(key, keep) or (target is None and not mapping.identity):
+            kept.append(KeptTensor(named.name, key, info.shape, info.dtype))
+            continue
+        if target is None:
+            raise InputError(f"{where}: tensor {key} is not in the base ({base.path}); if it is "
+                             "modality-specific, add a pattern for it to modules.keep")
+        _check_pair(target, base_infos[target], info, where, base, key)
+        contributions[target].append(Contribution(index, "full", key))
+
+
+def _pair_saved(index: int, named: NamedSource, base: Source, keep: Sequence[str],
+                contributions: dict[str, list[Contribution]], kept: list[KeptTensor], where: str) -> None:
+    """An adapter's full tensors: PEFT's saved modules, paired by map_to_base (PEFT wraps their names); every
+    tensor of a ModelCompose specialist is modality-specific."""
+    src = named.source
+    for key, info in src.tensors.items():
+        if matches(key, keep) or src.kind == "modelcompose":
+            kept.append(KeptTensor(named.name, key, info.shape, info.dtype))
+            continue
+        target = map_to_base(key, base.tensors)
+        if target is None:
+            raise InputError(f"{where}: tensor {key} is not in the base ({base.path}); if it is "
+                             "modality-specific, add a pattern for it to modules.keep")
+        _check_pair(target, base.tensors[target], info, where, base)
+        contributions[target].append(Contribution(index, "full", key))
+
+
+def _check_pair(name: str, base_info: TensorInfo, info: TensorInfo, where: str, base: Source,
+                key: Optional[str] = None) -> None:
+    """Shape and kind of dtype agree; `key` is the specialist's own name for the tensor when it differs."""
+    said = name if key in (None, name) else f"{key} (the base's {name})"
     if tuple(info.shape) != tuple(base_info.shape):
-        raise InputError(f"{where}: tensor {name} has shape {tuple(info.shape)}, the base ({base.path}) "
+        raise InputError(f"{where}: tensor {said} has shape {tuple(info.shape)}, the base ({base.path}) "
                          f"{tuple(base_info.shape)}")
     if info.dtype.is_floating_point != base_info.dtype.is_floating_point:
-        raise InputError(f"{where}: tensor {name} is {info.dtype}, the base ({base.path}) {base_info.dtype}")
+        raise InputError(f"{where}: tensor {said} is {info.dtype}, the base ({base.path}) {base_info.dtype}")

@@ -56,6 +56,14 @@ class ModelRef(_Strict):
         return v.rstrip("/")
 
 
+class Decoder(_Strict):
+    """Where a full multimodal checkpoint holds the base's decoder, when detection cannot tell (docs/hf-multimodal.md):
+    base names starting with `replaces` get `prefix` in its place (`replaces: ""`: `prefix` before every name)."""
+
+    prefix: str
+    replaces: str = ""
+
+
 class Specialist(ModelRef):
     """One fine-tuned specialist of the base."""
 
@@ -64,6 +72,7 @@ class Specialist(ModelRef):
     modality: Optional[str] = None
     format: Literal["auto", "full", "lora", "modelcompose"] = "auto"
     encoders: dict[str, str] = Field(default_factory=dict, description="config key → new encoder path (ModelCompose)")
+    decoder: Optional[Decoder] = None
 
     @field_validator("name")
     @classmethod

@@ -48,7 +48,18 @@ def plan_table(p: "Prepared") -> Table:
         table.caption = f"estimated output size: {human_bytes(out)}"
     kinds = ", ".join(f"{n.name} ({n.source.kind})" for n in p.inputs.specialists)
     table.caption += f"\nspecialists: {kinds}"
+    for line in decoder_lines(p):
+        table.caption += f"\n{line}"
     return table
+
+
+def decoder_lines(p: "Prepared") -> list[str]:
+    """Where each full specialist holds the base's decoder, and how many of its tensors are kept as its own."""
+    kept: dict[str, int] = {}
+    for k in p.plan.kept:
+        kept[k.specialist] = kept.get(k.specialist, 0) + 1
+    return [f"{name}: decoder at {mapping.describe()}; {kept.get(name, 0)} other tensor(s) kept as its own"
+            for name, mapping in p.plan.decoders.items()]
 
 
 def summary_table(result: "RunResult") -> Table:
