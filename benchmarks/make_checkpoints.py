@@ -21,19 +21,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import shutil
 import struct
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ssam_cli.dtypes import SAFETENSORS_CODES as CODES
-from ssam_cli.writers.safetensors_stream import StreamingSafetensorsWriter, TensorSpec  # noqa: E402
+CODES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}  # safetensors' dtype names
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 MODULES = {  # Llama module → (d_out, d_in) for hidden h and intermediate m
@@ -139,11 +137,39 @@ def cached(folder: Path, params: dict, build: Callable[[Path], None]) -> Path:
     return folder
 
 
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * torch.empty((), dtype=self.dtype).element_size()
+
+
+def safetensors_header(specs: list[TensorSpec]) -> tuple[bytes, int]:
+    """The safetensors header of tensors stored in this order (length prefix included) and their data size."""
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for spec in specs:
+        header[spec.name] = {"dtype": CODES[spec.dtype], "shape": list(spec.shape),
+                             "data_offsets": [offset, offset + spec.nbytes]}
+        offset += spec.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    return struct.pack("<Q", len(blob)) + blob, offset
+
+
 def write_stream(path: Path, items: list[tuple[TensorSpec, Callable[[], torch.Tensor]]]) -> None:
-    w = StreamingSafetensorsWriter(path, [spec for spec, _ in items])
-    for spec, make in items:
-        w.write(spec.name, make().to(spec.dtype))
-    w.close()
+    """A safetensors file written one tensor at a time (memory: one tensor), read back by safetensors itself."""
+    header, _ = safetensors_header([spec for spec, _ in items])
+    with open(path, "wb") as f:
+        f.write(header)
+        for spec, make in items:
+            value = make().to(spec.dtype).contiguous()
+            assert tuple(value.shape) == spec.shape, (spec.name, value.shape)
+            f.write(memoryview(value.reshape(-1).view(torch.uint8).numpy()))
 
 
 def llama_config(shapes: Shapes, layers: int) -> dict:
@@ -212,18 +238,10 @@ def make_sparse_base(layers: int = 32, shapes: Shapes = Shapes()) -> Path:
     """A base whose header is real and whose data are holes (zeros, no disk blocks): for LoRA-output merges,
     which need the base's names and shapes but never read its weights."""
     def build(folder: Path) -> None:
-        specs = [TensorSpec(n, s, torch.bfloat16) for n, s in base_tensors(shapes, layers)]
-        header: dict[str, object] = {"__metadata__": {"format": "pt"}}
-        offset = 0
-        for spec in specs:
-            header[spec.name] = {"dtype": CODES[spec.dtype], "shape": list(spec.shape),
-                                 "data_offsets": [offset, offset + spec.nbytes]}
-            offset += spec.nbytes
-        blob = json.dumps(header, separators=(",", ":")).encode()
-        blob += b" " * (-len(blob) % 8)
+        header, size = safetensors_header([TensorSpec(n, s, torch.bfloat16) for n, s in base_tensors(shapes, layers)])
         with open(folder / "model.safetensors", "wb") as f:
-            f.write(struct.pack("<Q", len(blob)) + blob)
-            f.truncate(8 + len(blob) + offset)
+            f.write(header)
+            f.truncate(len(header) + size)
         (folder / "config.json").write_text(json.dumps(llama_config(shapes, layers), indent=2))
 
     return cached(CACHE / f"base-sparse-L{layers}", {"kind": "sparse", "layers": layers, "shapes": asdict(shapes)},

@@ -14,18 +14,14 @@ import time
 
 import torch
 
-from ssam_cli.deltas import DenseDelta, LowRankDelta
-from ssam_cli.methods import REGISTRY
-from ssam_cli.methods.base import MergeContext
+from ssam_cli.api import DenseDelta, LowRankDelta, merge_deltas
 
 OPTIMISED = ("wudi", "optmerge")
 
 
 def timed(name: str, deltas: list, params: dict) -> float:
-    spec = REGISTRY[name]
-    ctx = MergeContext("w", len(deltas), torch.device("cpu"), torch.Generator().manual_seed(0))
     start = time.perf_counter()
-    spec.merge(deltas, [1.0] * len(deltas), spec.params.model_validate(params), ctx)
+    merge_deltas(name, deltas, params, name="w")
     return time.perf_counter() - start
 
 
