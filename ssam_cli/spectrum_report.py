@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
 from ssam_cli.deltas import Delta
 from ssam_cli.consensus.bases import ConsensusBases, consensus_bases, project_sum
-from ssam_cli.spectra import energy_share, smallest_k, thin_svd
+from ssam_cli.consensus.factored import FactoredSpectrum, block_slices, block_svds, live_indices
+from ssam_cli.spectra import energy_share, numerical_rank, smallest_k, thin_svd
 from ssam_cli.plan import LAYER_INDEX, layer_of
 
 THRESHOLDS = (0.90, 0.95, 0.99)
@@ -149,41 +150,98 @@ def analyse_weight(name: str, deltas: Sequence[Delta], weights: Sequence[float],
                    specialists: Sequence[str], shares: Sequence[float] = THRESHOLDS,
                    bases: Optional[ConsensusBases] = None) -> WeightSpectrum:
     """All figures of one weight, with the same weighting, bases and rank cap as `methods.ssam.merge`;
-    `bases`: the merge's own consensus bases of the same weighted deltas at the same k, when it has them."""
+    `bases`: the merge's own consensus bases of the same weighted deltas at the same k, when it has them.
+    LoRA updates are analysed from the factored bases' R × R Grams (no d-sized work beyond the merge's own)."""
     weighted = [d.scaled(w) for d, w in zip(deltas, weights)]
     bases = bases if bases is not None else consensus_bases(weighted, k)
-    svds = [thin_svd(d).nonzero(tuple(d.shape)) for d in weighted]
-    norms = [math.sqrt(float(s.S.double().square().sum())) for s in svds]
-    kept: list[Optional[float]] = []
-    for d, norm in zip(weighted, norms):
-        if norm == 0.0:
-            kept.append(None)
-        else:
-            C = project_sum([d], bases.U, bases.V)
-            kept.append(float(C.double().square().sum()) / norm**2)
     shape = (int(deltas[0].shape[0]), int(deltas[0].shape[1]))
+    figures = _factored(weighted, bases, shape) if bases.factored else _direct(weighted, bases)
+    norms = [math.sqrt(float(v.square().sum())) for v in figures.values]
     return WeightSpectrum(
         name=name, shape=shape, specialists=list(specialists), k_requested=k,
-        specialist_values=[s.S.double().tolist() for s in svds], specialist_norms=norms,
-        left=_side(bases.left.values, bases.left.numerical_rank, bases.U.shape[1], [s.U for s in svds], k, shares),
-        right=_side(bases.right.values, bases.right.numerical_rank, bases.V.shape[1], [s.Vh.T for s in svds], k, shares),
-        kept=kept,
+        specialist_values=[v.tolist() for v in figures.values], specialist_norms=norms,
+        left=_side(bases.left.values, bases.left.numerical_rank, bases.U.shape[1], figures.ranks, shape[0],
+                   figures.overlap_left, k, shares),
+        right=_side(bases.right.values, bases.right.numerical_rank, bases.V.shape[1], figures.ranks, shape[1],
+                    figures.overlap_right, k, shares),
+        kept=[None if norm == 0.0 else share for share, norm in zip(figures.kept_energy, norms)],
     )
 
 
-def _side(values: torch.Tensor, rank: int, k_used: int, bases: list[torch.Tensor], k: int,
+Overlap = Callable[[int, int, int], Optional[float]]  # (i, j, r) → ‖U_i[:, :r]ᵀ U_j[:, :r]‖_F² / r
+
+
+@dataclass
+class _Specialists:
+    """Per specialist: σ(Δ_i) cut at its numerical rank, the share of ‖Δ_i‖² kept by U_cU_cᵀ·V_cV_cᵀ, and
+    the overlaps of the top-r singular subspaces on each side."""
+
+    values: list[torch.Tensor]
+    kept_energy: list[float]
+    overlap_left: Overlap
+    overlap_right: Overlap
+
+    @property
+    def ranks(self) -> list[int]:
+        return [int(v.numel()) for v in self.values]
+
+
+def _direct(weighted: Sequence[Delta], bases: ConsensusBases) -> _Specialists:
+    """The definitions: each Δ_i's thin SVD (its r × r core when low-rank) and d-sized products."""
+    svds = [thin_svd(d).nonzero(tuple(d.shape)) for d in weighted]
+    kept = []
+    for d, s in zip(weighted, svds):
+        energy = float(s.S.double().square().sum())
+        kept.append(float(project_sum([d], bases.U, bases.V).double().square().sum()) / energy if energy else 0.0)
+    return _Specialists([s.S.double() for s in svds], kept,
+                        lambda i, j, r: subspace_overlap(svds[i].U[:, :r], svds[j].U[:, :r]),
+                        lambda i, j, r: subspace_overlap(svds[i].Vh[:r].T, svds[j].Vh[:r].T))
+
+
+def _factored(weighted: Sequence[Delta], bases: ConsensusBases, shape: tuple[int, int]) -> _Specialists:
+    """The same figures from the factored bases' Grams G_L = LᵀL, G_H = HᵀH (L = [s_iB_i], H = [A_iᵀ]):
+    Δ_i's SVD from its diagonal blocks (consensus.factored.block_svds), U_iᵀU_j = a_iᵀ G_L[i, j] a_j (right:
+    b_iᵀ G_H[i, j] b_j), and U_cᵀΔ_iV_c = cᵀ G_L[:, i] G_H[i, :] c' with U_c = L·c, V_c = H·c'. R × R work."""
+    left, right = bases.left, bases.right
+    assert isinstance(left, FactoredSpectrum) and isinstance(right, FactoredSpectrum)
+    n = len(weighted)
+    blocks = dict(zip(live_indices(weighted), zip(block_svds(left, right), block_slices(left))))  # type: ignore[arg-type]
+    c_left, c_right = left.coeffs(bases.U.shape[1]), right.coeffs(bases.V.shape[1])
+    values: list[torch.Tensor] = [torch.zeros(0, dtype=torch.float64)] * n
+    a: dict[int, torch.Tensor] = {}
+    b: dict[int, torch.Tensor] = {}
+    kept = [0.0] * n
+    for i, (svd, where) in blocks.items():
+        rank = numerical_rank(svd.values, max(shape))  # thin_svd(...).nonzero's rule
+        values[i], a[i], b[i] = svd.values[:rank], svd.a[:, :rank], svd.b[:, :rank]
+        energy = float(values[i].square().sum())
+        if energy:
+            projected = (c_left.T @ left.gram[:, where]) @ (right.gram[where, :] @ c_right)
+            kept[i] = float(projected.square().sum()) / energy
+    slices = {i: where for i, (_, where) in blocks.items()}
+
+    def overlap(gram: torch.Tensor, coeffs: dict[int, torch.Tensor]) -> Overlap:
+        def of(i: int, j: int, r: int) -> float:
+            G = coeffs[i][:, :r].T @ gram[slices[i], slices[j]] @ coeffs[j][:, :r]
+            return float(G.square().sum()) / r
+        return of
+
+    return _Specialists(values, kept, overlap(left.gram, a), overlap(right.gram, b))
+
+
+def _side(values: torch.Tensor, rank: int, k_used: int, ranks: list[int], d: int, overlap_of: Overlap, k: int,
           shares: Sequence[float]) -> Side:
-    n = len(bases)
+    n = len(ranks)
     overlap: list[list[Optional[float]]] = [[None] * n for _ in range(n)]
     chance: list[list[Optional[float]]] = [[None] * n for _ in range(n)]
     for i in range(n):
-        if bases[i].shape[1]:
+        if ranks[i]:
             overlap[i][i] = 1.0  # a subspace with itself, by definition (no product needed)
-            chance[i][i] = min(k, bases[i].shape[1]) / bases[i].shape[0]
+            chance[i][i] = min(k, ranks[i]) / d
         for j in range(i + 1, n):
-            r = min(k, bases[i].shape[1], bases[j].shape[1])
-            overlap[i][j] = overlap[j][i] = subspace_overlap(bases[i][:, :r], bases[j][:, :r])
-            chance[i][j] = chance[j][i] = None if r == 0 else r / bases[i].shape[0]
+            r = min(k, ranks[i], ranks[j])
+            overlap[i][j] = overlap[j][i] = overlap_of(i, j, r) if r else None
+            chance[i][j] = chance[j][i] = None if r == 0 else r / d
     values = values[:rank]  # beyond the numerical rank: rounding noise of an exact zero
     return Side(values=values.tolist(), numerical_rank=rank, k_used=k_used, energy_at_k=energy_share(values, k_used),
                 k_for={share_key(s): smallest_k(values, s) for s in shares}, overlap=overlap, overlap_chance=chance)

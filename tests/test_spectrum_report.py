@@ -236,3 +236,41 @@ def test_weight_spectrum_exposes_layer():
     g = torch.Generator().manual_seed(7)
     w: WeightSpectrum = analyse_weight("model.layers.12.mlp.up_proj.weight", [lora(g, 6, 5, 1)], [1.0], 1, ["a"])
     assert (w.layer, w.module) == (12, "mlp.up_proj") and w.figures()["module"] == "up"
+
+
+def test_factored_figures_equal_the_direct_definitions():
+    """LoRA updates are analysed from the factored bases' Grams; the same updates as dense matrices go through each
+    Δ_i's SVD and d-sized products. Every figure agrees within TOL (σ: relative to σ_max; shares, overlaps:
+    absolute), and both agree with float64 numpy, with weights (one 0), unequal ranks, a rank-0 specialist and
+    two specialists sharing lora_B (a rank-deficient stack)."""
+    g = torch.Generator().manual_seed(7)
+    shared_B = torch.randn(40, 5, generator=g)
+    deltas = [lora(g, 40, 28, 5, 2.0), LowRankDelta(shared_B, torch.randn(5, 28, generator=g), 0.5),
+              LowRankDelta(shared_B, torch.randn(5, 28, generator=g), 1.5), lora(g, 40, 28, 3, 1.0),
+              LowRankDelta.zero((40, 28)), lora(g, 40, 28, 4, 1.0)]
+    weights = [1.0, 0.7, 1.3, 2.0, 1.0, 0.0]
+    names = list("abcdef")
+    k = 7
+    fast = analyse_weight(NAME, deltas, weights, k, names)
+    direct = analyse_weight(NAME, [DenseDelta(d.dense()) for d in deltas], weights, k, names)
+    top = max(fast.left.values[0], 1.0)
+    for got, want in zip(fast.specialist_values, direct.specialist_values):
+        assert len(got) == len(want)
+        np.testing.assert_allclose(got, want, rtol=0, atol=TOL * top)
+    assert fast.kept[4] is None and fast.kept[5] is None and fast.specialist_values[5] == []
+    a, b = fast.figures(), direct.figures()
+    assert a.keys() == b.keys()
+    for key in a:
+        if a[key] is None or isinstance(a[key], str):
+            assert a[key] == b[key], key
+        else:
+            assert a[key] == pytest.approx(b[key], abs=TOL * (top if key.startswith("norm_") else 1.0)), key
+    X = [np_dense(d) * w for d, w in zip(deltas, weights)]
+    for i, j in ((0, 1), (1, 2), (0, 3)):  # the definition: mean squared cosine of the top-r principal angles
+        r = min(k, len(fast.specialist_values[i]), len(fast.specialist_values[j]))
+        (Ui, Vi), (Uj, Vj) = top_vectors(X[i], r), top_vectors(X[j], r)
+        assert fast.left.overlap[i][j] == pytest.approx(np.linalg.norm(Ui.T @ Uj) ** 2 / r, abs=TOL)
+        assert fast.right.overlap[i][j] == pytest.approx(np.linalg.norm(Vi.T @ Vj) ** 2 / r, abs=TOL)
+    assert fast.left.overlap[1][2] == pytest.approx(1.0, abs=TOL)  # the shared lora_B: one column space
+    for i in (0, 1, 3):
+        assert fast.specialist_norms[i] == pytest.approx(np.linalg.norm(X[i]), rel=TOL)

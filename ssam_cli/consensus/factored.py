@@ -6,6 +6,7 @@ NᵀN = H blockdiag(s_i² B_iᵀB_i) Hᵀ: the two R × R float64 Grams LᵀL an
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -108,7 +109,7 @@ def lowrank_spectra(deltas: Sequence[LowRankDelta]) -> tuple[Spectrum, Spectrum]
     vectors are float32 products of the float32 factors with float64-computed coefficients."""
     d_out, d_in = deltas[0].shape
     n = len(deltas)
-    live = [d for d in deltas if d.rank and d.scale != 0.0]
+    live = [deltas[i] for i in live_indices(deltas)]
     if not live:
         ref = deltas[0].B
         return (left_singular(ref.new_zeros(d_out, 0), (d_out, n * d_in)),
@@ -120,6 +121,48 @@ def lowrank_spectra(deltas: Sequence[LowRankDelta]) -> tuple[Spectrum, Spectrum]
     left = _factored_side(Ls, gram_l, gram_h, (d_out, n * d_in), dtype)
     right = _factored_side(Hs, gram_h, gram_l, (d_in, n * d_out), dtype)
     return left, right
+
+
+def live_indices(deltas: Sequence[LowRankDelta]) -> list[int]:
+    """The updates that enter the factored spectra (rank > 0, non-zero scale), in order: one block each."""
+    return [i for i, d in enumerate(deltas) if d.rank and d.scale != 0.0]
+
+
+@dataclass
+class BlockSvd:
+    """The thin SVD of one block's update Δ_j = L_j H_jᵀ in coefficients of its own factors: its left singular
+    vectors are L_j·a, its right ones H_j·b (float64, r_j columns, σ descending; columns of σ = 0 are zero)."""
+
+    values: torch.Tensor
+    a: torch.Tensor
+    b: torch.Tensor
+
+
+def block_svds(left: FactoredSpectrum, right: FactoredSpectrum) -> list[BlockSvd]:
+    """Every block's own SVD from the Grams the consensus spectra already hold: r_j × r_j work per block.
+
+    With C_jC_jᵀ = H_jᵀH_j (left.roots[j], the Cholesky factor the left side used), Δ_jΔ_jᵀ = L_jC_j(L_jC_j)ᵀ,
+    so the eigenpairs (Λ, W) of C_jᵀ(L_jᵀL_j)C_j give U_j = L_j·C_jWΛ^-½ and V_j = Δ_jᵀU_jΛ^-½ = H_j(L_jᵀL_j)aΛ^-½.
+    """
+    sizes = [r.shape[0] for r in left.roots]
+    out = []
+    start = 0
+    for r, C in zip(sizes, left.roots):
+        gram = left.gram[start : start + r, start : start + r]
+        core = C.T @ gram @ C
+        lam, W = torch.linalg.eigh((core + core.T) / 2)
+        sigma = lam.flip(0).clamp_min(0).sqrt()
+        inverse = torch.where(sigma > 0, 1.0 / sigma, torch.zeros_like(sigma))
+        a = (C @ W.flip(1)) * inverse
+        out.append(BlockSvd(sigma, a, (gram @ a) * inverse))
+        start += r
+    return out
+
+
+def block_slices(spectrum: FactoredSpectrum) -> list[slice]:
+    """Where each block's columns sit in the R × R Gram."""
+    sizes = [r.shape[0] for r in spectrum.roots]
+    return [slice(sum(sizes[:j]), sum(sizes[: j + 1])) for j in range(len(sizes))]
 
 
 def _block_gram(blocks: Sequence[torch.Tensor]) -> torch.Tensor:
