@@ -60,10 +60,6 @@ class Composition:
     shared: dict[str, tuple[str, ...]] = field(default_factory=dict)  # averaged tensor → specialists that hold it
     notes: tuple[str, ...] = ()  # config values the specialists disagree on
 
-    @property
-    def modalities(self) -> list[str]:
-        return [s.modality for _, s in self.specialists]
-
     def config_at(self, lora_r: int, lora_alpha: float) -> dict[str, Any]:
         return {**self.config, "lora_r": lora_r, "lora_alpha": lora_alpha}
 
