@@ -137,7 +137,8 @@ MUTANTS: list[Mutant] = [
       "OptMerge targets not centred"),
     # merge spaces
     m("core-scale", "LowRankDelta(U.T @ d.B, d.A @ V, d.scale) for d in deltas",
-      "LowRankDelta(U.T @ d.B, d.A @ V) for d in deltas", f"{SPACES} {ZOO}", "core space drops the LoRA scales"),
+      "LowRankDelta(U.T @ d.B, d.A @ V) for d in deltas", f"{SPACES} {ZOO}", "core space drops the LoRA scales",
+      quick=True),
     m("factor-fold", "d.B if shared is not None else d.B * d.scale", "d.B", f"{SPACES} {ZOO}",
       "factor space with different scales does not fold them"),
     # plan
@@ -146,7 +147,8 @@ MUTANTS: list[Mutant] = [
     m("plan-keep-ignored", 'if matches(key, keep) or src.kind == "modelcompose":', 'if src.kind == "modelcompose":',
       "tests/test_plan.py tests/test_engine.py", "modules.keep ignored for a specialist's tensors"),
     m("plan-ambiguous-suffix", "return hits[0] if len(hits) == 1 else None", "return hits[0] if hits else None",
-      "tests/test_plan.py tests/test_adapter_pairing.py", "an adapter key matching two base weights paired with one"),
+      "tests/test_plan.py tests/test_adapter_pairing.py", "an adapter key matching two base weights paired with one",
+      quick=True),
     m("plan-order", "planned.sort(key=lambda t: (layer_of(t.name), order[t.name]))", "pass",
       "tests/test_plan.py tests/test_engine.py", "tensors not processed layer by layer"),
     # sources/lora
