@@ -36,6 +36,17 @@ def is_full_checkpoint(path: Path) -> bool:
 def read_weight_map(index: Path) -> dict[str, Path]:
     """An index's tensor name → shard file. Every shard is a relative path inside the index's folder that exists:
     a downloaded index naming `../other/model.safetensors` or `/etc/passwd` is refused, never opened."""
+    folder = index.parent
+    shards = {name: folder / file for name, file in parse_weight_map(index).items()}
+    for file in sorted(set(shards.values())):
+        if not file.is_file():
+            raise InputError(f"{index}: weight_map names {file.name}, which is not in {folder}")
+    return shards
+
+
+def parse_weight_map(index: Path) -> dict[str, str]:
+    """An index's tensor name → shard file name, each a relative path inside the index's folder (not checked to
+    exist: a Hub base read by header has its index here and its shards on the Hub)."""
     try:
         data = json.loads(index.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -44,18 +55,14 @@ def read_weight_map(index: Path) -> dict[str, Path]:
     if not isinstance(weight_map, dict):
         raise InputError(f"{index}: weight_map: expected an object of tensor name → shard file, "
                          f"got {type(weight_map).__name__ if weight_map is not None else 'nothing'}")
-    folder = index.parent
-    shards: dict[str, Path] = {}
+    shards: dict[str, str] = {}
     for name, file in weight_map.items():
         if not isinstance(file, str):
             raise InputError(f"{index}: weight_map: {name}: expected a shard file name, got {file!r}")
         shard = PurePosixPath(file)
         if not file or shard.is_absolute() or ".." in shard.parts or "\\" in file:
-            raise InputError(f"{index}: weight_map: {name}: shard {file!r} is not a file inside {folder}")
-        shards[name] = folder / shard
-    for file in sorted(set(shards.values())):
-        if not file.is_file():
-            raise InputError(f"{index}: weight_map names {file.name}, which is not in {folder}")
+            raise InputError(f"{index}: weight_map: {name}: shard {file!r} is not a file inside {index.parent}")
+        shards[name] = str(shard)
     return shards
 
 

@@ -47,17 +47,21 @@ PATTERNS = {
     "auto": WEIGHT_PATTERNS + ADAPTER_PATTERNS + SIDE_PATTERNS,
     "modelcompose": ADAPTER_PATTERNS + SIDE_PATTERNS,  # config.json + adapter_model.bin
 }
+# A base read by header (sources/header_only.py): its small files and index are downloaded, its weights only listed.
+HEADER_PATTERNS = SIDE_PATTERNS + (checkpoint.INDEX,)
 
 
 @dataclass(frozen=True)
 class Resolved:
     """Where an input's files are on disk; for a Hub input also its repo id and the exact commit read.
-    `subfolder` is the recipe's `subfolder:` (already part of `local_path`)."""
+    `subfolder` is the recipe's `subfolder:` (already part of `local_path`). `listed`: files of the input's folder
+    on the Hub that were asked to be listed, not downloaded (names inside the folder; empty when offline)."""
 
     local_path: Path
     repo_id: Optional[str] = None
     commit: Optional[str] = None
     subfolder: Optional[str] = None
+    listed: tuple[str, ...] = ()
 
 
 def patterns_for(format: str) -> tuple[str, ...]:
@@ -82,9 +86,10 @@ def _matches(name: str, patterns: Sequence[str]) -> bool:
 
 def resolve(path_or_id: str, revision: Optional[str], recipe_dir: Path, patterns: Sequence[str] = PATTERNS["auto"],
             *, subfolder: Optional[str] = None, cache_dir: Optional[Path] = None, endpoint: Optional[str] = None,
-            token: Optional[str] = None) -> Resolved:
+            token: Optional[str] = None, listed: Sequence[str] = ()) -> Resolved:
     """A local folder as is, or a Hub repo downloaded (allow-listed files only) and pinned to its commit;
-    `subfolder` is a folder inside either (as transformers' `from_pretrained(..., subfolder=...)`).
+    `subfolder` is a folder inside either (as transformers' `from_pretrained(..., subfolder=...)`). Files matching
+    `listed` are listed in Resolved.listed, never downloaded (a base read by header).
 
     `cache_dir`, `endpoint` and `token` default to huggingface_hub's own (environment, cached login); errors are
     InputError without a recipe prefix, for the caller to wrap with the file and field.
@@ -107,12 +112,12 @@ def resolve(path_or_id: str, revision: Optional[str], recipe_dir: Path, patterns
         hint = "; a Hub repo is written org/name" if "/" not in text else ""
         raise InputError(f"no such file or folder: {local}{hint}")
     return _download(text, revision, subfolder, list(patterns), local if not forced else None, cache_dir, endpoint,
-                     token)
+                     token, list(listed))
 
 
 def _download(repo_id: str, revision: Optional[str], subfolder: Optional[str], patterns: list[str],
               local: Optional[Path], cache_dir: Optional[Path], endpoint: Optional[str],
-              token: Optional[str]) -> Resolved:
+              token: Optional[str], listed: list[str]) -> Resolved:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (DryRunError, GatedRepoError, HfHubHTTPError, IncompleteSnapshotError,
                                         LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)
@@ -122,16 +127,20 @@ def _download(repo_id: str, revision: Optional[str], subfolder: Optional[str], p
     not_local = f" (no local folder {local} either; write ./{repo_id} for a local path)" if local else ""
     prefix = f"{subfolder}/" if subfolder else ""
     common = dict(cache_dir=cache_dir, endpoint=endpoint, token=token)
+    remote: tuple[str, ...] = ()
     try:
         try:  # list the repo's files at this revision, to choose exactly what to fetch
-            listing = snapshot_download(repo_id, revision=revision, allow_patterns=[prefix + p for p in patterns],
-                                        dry_run=True, **common)
+            listing = snapshot_download(repo_id, revision=revision,
+                                        allow_patterns=[prefix + p for p in patterns + listed], dry_run=True, **common)
         except DryRunError as e:  # the Hub was not reached, or refused: the reason is the cause
             if isinstance(e.__cause__, HfHubHTTPError) and not _unreachable(e.__cause__):
                 raise e.__cause__ from None
             folder = _cached(repo_id, revision, prefix, patterns, **common)
         else:
-            chosen = choose_files([f.filename for f in listing], patterns, subfolder)
+            names = [f.filename for f in listing]
+            chosen = choose_files(names, patterns, subfolder)
+            remote = tuple(PurePosixPath(f).name for f in choose_files(names, patterns + listed, subfolder)
+                           if f not in chosen)
             if not chosen:
                 raise InputError(f"{where}: the repo holds none of the files ssam reads{inside} "
                                  f"({', '.join(patterns[:4])}, ...)")
@@ -162,7 +171,7 @@ def _download(repo_id: str, revision: Optional[str], subfolder: Optional[str], p
     if not folder.is_dir() or not any(p.is_file() for p in folder.iterdir()):
         raise InputError(f"{where}: the repo holds none of the files ssam reads{inside} "
                          f"({', '.join(patterns[:4])}, ...)")
-    return Resolved(folder, repo_id, commit, subfolder)
+    return Resolved(folder, repo_id, commit, subfolder, remote)
 
 
 def _unreachable(error: Exception) -> bool:

@@ -5,12 +5,14 @@ repo info (`GET /api/models/{id}[/revision/{rev}]`), tree listing (`GET /api/mod
 metadata validation (`POST /api/validate-yaml`), preupload (`POST /api/models/{id}/preupload/{rev}`), the LFS
 batch API (`POST /{id}.git/info/lfs/objects/batch`) with basic PUT transfers, commits (ndjson,
 `POST /api/models/{id}/commit/{rev}`, `create_pr=1`), and file download (`HEAD`/`GET /{id}/resolve/{rev}/{path}`
-with ETag, X-Repo-Commit and Content-Length). Xet is not implemented: tests disable hf_xet so large files take
+with ETag, X-Repo-Commit and Content-Length; a `Range: bytes=a-b` GET answers 206 with those bytes, as
+huggingface_hub's safetensors header reads need). Xet is not implemented: tests disable hf_xet so large files take
 the library's LFS path.
 
 Test hooks: `tokens` (valid bearer tokens; an unknown one gets 401 as on the Hub), `fail(method, prefix, *codes)`
 (answer the next matching requests with these status codes), `requests` (every request seen), `lfs_puts`, and
-`served` / `downloaded(repo_id)` (the file bodies sent by GET, with their sizes).
+`served` / `downloaded(repo_id)` (the file bodies sent by GET, with their sizes; a range request counts the bytes it
+sent), and `ranges` (the range requests answered).
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ class FakeHub:
         self.requests: list[Seen] = []
         self.lfs_puts: list[str] = []
         self.served: list[tuple[str, str, int]] = []  # (repo id, path in the repo, bytes) per file body sent
+        self.ranges: list[tuple[str, str, int, int]] = []  # (repo id, path, start, end) per range request answered
         self._failures: list[tuple[str, str, int]] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -145,6 +148,17 @@ class FakeHub:
                     del self._failures[i]
                     return code
         return None
+
+
+def _byte_range(header: Optional[str], size: int) -> Optional[tuple[int, int]]:
+    """`Range: bytes=a-b` (b inclusive, clipped to the file) as [start, end); None for no header or another form."""
+    if not header or not header.startswith("bytes=") or "," in header:
+        return None
+    first, _, last = header[len("bytes="):].partition("-")
+    if not first.isdigit() or (last and not last.isdigit()):
+        return None
+    start, end = int(first), min(int(last) + 1 if last else size, size)
+    return (start, end) if start < end else None
 
 
 def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
@@ -318,6 +332,14 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if f.lfs:
                 headers["X-Linked-Etag"] = f'"{f.oid}"'
                 headers["X-Linked-Size"] = str(len(f.data))
+            wanted = _byte_range(self.headers.get("Range"), len(f.data))
+            if wanted is not None:  # a range request (parse_safetensors_file_metadata reads headers this way)
+                start, end = wanted
+                headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(f.data)}"
+                if self.command == "GET":
+                    hub.served.append((repo_id, path, end - start))
+                    hub.ranges.append((repo_id, path, start, end))
+                return self._send(206, f.data[start:end], headers)
             if self.command == "GET":
                 hub.served.append((repo_id, path, len(f.data)))
             self._send(200, f.data, headers)
