@@ -7,7 +7,6 @@ states its own figures (docs/methods.md).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from datetime import datetime, timezone
@@ -18,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ssam_cli import __version__
 from ssam_cli.card_metadata import CARD
+from ssam_cli.digests import sha256_file
 
 MANIFEST = "manifest.json"
 
@@ -134,14 +134,6 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def describe_files(paths: Iterable[Path], root: Path) -> list[FileRecord]:

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import torch
 
-from ssam_cli.deltas import Delta
+from ssam_cli.deltas import Delta, LowRankDelta
 from ssam_cli.finite import merged_finite
 from ssam_cli.inputs import base_folder
 from ssam_cli.outputs.base import Finished, OutputFormat
@@ -27,8 +27,14 @@ class FullOutput(OutputFormat):
         return [TensorSpec(t.name, t.shape, self.out_dtype(t)) for t in self.prepared.plan.tensors]
 
     def materialize(self, t: PlannedTensor, base: Optional[torch.Tensor], delta: Delta) -> Any:
+        """W_0 + Δ in float32, then cast. A low-rank Δ = s·B·A (SSAM's: rank k) is one GEMM of inner size k
+        accumulated onto W_0 (no d_out × d_in temporary for Δ)."""
         assert base is not None, "a full output reads every base weight"
-        return merged_finite(t.name, base + delta.dense()).to("cpu", self.out_dtype(t))
+        if isinstance(delta, LowRankDelta):
+            merged = torch.addmm(base, delta.B, delta.A, alpha=delta.scale) if delta.rank else base
+        else:
+            merged = base + delta.dense()
+        return merged_finite(t.name, merged).to("cpu", self.out_dtype(t))
 
     def open(self, folder) -> None:
         super().open(folder)

@@ -1,10 +1,12 @@
 """A safetensors file written one tensor at a time: the header is laid out from planned shapes first.
 
-Memory stays at one tensor, whatever the file's size; what is written is checked against the layout.
+Memory stays at one tensor, whatever the file's size; what is written is checked against the layout. The bytes
+are hashed as they are written (sha256, recorded in ssam_cli/digests.py), so the manifest never reads them back.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -15,9 +17,10 @@ from typing import BinaryIO, Optional, Sequence
 
 import torch
 
+from ssam_cli import digests
 from ssam_cli.dtypes import SAFETENSORS_CODES
 
-CHUNK = 16 << 20  # bytes per read when copying from a file without copy_file_range
+CHUNK = 16 << 20  # bytes per read when copying from a file
 
 
 @dataclass(frozen=True)
@@ -46,30 +49,31 @@ class StreamingSafetensorsWriter:
         blob += b" " * (-len(blob) % 8)
         self.expected_size = 8 + len(blob) + offset
         self._file = open(path, "wb")
-        self._file.write(struct.pack("<Q", len(blob)) + blob)
+        self._sha = hashlib.sha256()
+        self._put(struct.pack("<Q", len(blob)) + blob)
         self._next = 0
+
+    def _put(self, data: bytes | memoryview) -> None:
+        self._sha.update(data)  # releases the GIL for large buffers: overlaps the workers' compute
+        self._file.write(data)
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         self._expect(name, tuple(tensor.shape), tensor.dtype)
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-        self._file.write(memoryview(data.numpy()))
+        self._put(memoryview(data.numpy()))
         self._next += 1
 
     def copy(self, name: str, source: BinaryIO, offset: int) -> None:
-        """Write the next planned tensor from raw bytes at `offset` of an open file (kernel-side where possible),
-        so that data spilled to disk earlier never comes back into memory."""
+        """Write the next planned tensor from raw bytes at `offset` of an open file, through a bounded buffer
+        (CHUNK bytes), so that data spilled to disk earlier never comes back into memory whole."""
         spec = self._expect(name, None, None)
-        self._file.flush()
         done = 0
         while done < spec.nbytes:
-            try:
-                n = os.copy_file_range(source.fileno(), self._file.fileno(), spec.nbytes - done, offset + done)
-            except OSError:  # not supported between these files: through a bounded buffer instead
-                n = self._file.write(os.pread(source.fileno(), min(spec.nbytes - done, CHUNK), offset + done))
-                self._file.flush()
-            if n == 0:
+            block = os.pread(source.fileno(), min(spec.nbytes - done, CHUNK), offset + done)
+            if not block:
                 raise RuntimeError(f"{self.path.name}: source ended inside {name}")
-            done += n
+            self._put(block)
+            done += len(block)
         self._next += 1
 
     def _expect(self, name: str, shape: Optional[tuple[int, ...]], dtype: Optional[torch.dtype]) -> TensorSpec:
@@ -91,3 +95,4 @@ class StreamingSafetensorsWriter:
             raise RuntimeError(f"{self.path.name}: closed after {self._next} of {len(self.specs)} tensors")
         if self.path.stat().st_size != self.expected_size:
             raise RuntimeError(f"{self.path.name}: size {self.path.stat().st_size}, expected {self.expected_size}")
+        digests.remember(self.path, self._sha.hexdigest())
