@@ -7,8 +7,6 @@ from typing import Optional
 
 import typer
 
-from ssam_cli.commands.render import console, plan_table, summary_table
-
 RECIPE = typer.Argument(..., help="The YAML recipe (see docs/recipe.md).", show_default=False)
 
 
@@ -35,6 +33,7 @@ def merge(
         ssam merge recipes/demo.yaml --overwrite
     """
     from ssam_cli import api
+    from ssam_cli.commands.render import console, plan_table, summary_table
 
     if dry_run:
         console().print(plan_table(api.validate(api.load(recipe, device))))
@@ -51,5 +50,6 @@ def validate(recipe: Path = RECIPE) -> None:
     Nothing is merged and no tensor data is read; exit code 0 means `ssam merge` would start.
     """
     from ssam_cli import api
+    from ssam_cli.commands.render import console, plan_table
 
     console().print(plan_table(api.validate(recipe)))

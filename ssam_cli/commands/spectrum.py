@@ -12,7 +12,6 @@ from typing import Callable, Optional
 
 import typer
 
-from ssam_cli.commands.render import console
 
 _LAYER_ITEM = re.compile(r"^(\d+-\d+|[0-9*?\[\]]+)$")
 
@@ -62,6 +61,8 @@ def inspect_spectrum(
         write_csv(report, csv)
     written = write_plots(report, plot) if plot is not None else []
     if not quiet:
+        from ssam_cli.commands.render import console
+
         console().print(spectrum_table(report, per_layer))
         for path in [p for p in (json, csv) if p is not None] + written:
             console().print(f"wrote {path}")
