@@ -1,5 +1,6 @@
 """The one stream merge and inspect-spectrum share: read planned tensors in order, ahead of the work, compute them
-on a few workers, and hand results back in plan order, with one progress display.
+on a few workers (on several CUDA devices: one worker per device), and hand results back in plan order, with one
+progress display.
 
 Memory: at most `depth + 1` weights of every specialist in flight on the read side, and `workers` being computed.
 """
@@ -76,23 +77,30 @@ def to_deltas(loaded: Loaded, n: int, device: torch.device) -> tuple[Optional[to
 
 
 def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int, ahead: int,
-                name: str = "ssam") -> Iterator[Any]:
+                name: str = "ssam", places: Sequence[Callable[[], None]] = ()) -> Iterator[Any]:
     """fn over items in `workers` background threads (torch releases the GIL), results in the items' order.
 
     While the caller holds one result, at most `ahead` further calls are submitted or done, which bounds memory to
-    ahead + 1 results. With ahead = 0 there is nothing to overlap and fn runs inline.
+    ahead + 1 results. With ahead = 0 there is nothing to overlap and fn runs inline. With `places` (one per
+    worker: a function run once in that worker's own thread, such as binding it to one CUDA device), item i runs
+    on worker i mod len(places).
     """
-    if ahead <= 0:
+    if ahead <= 0 and not places:
         yield from map(fn, items)
         return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name) as pool:
+    pools = ([ThreadPoolExecutor(1, f"{name}-{i}", initializer=place) for i, place in enumerate(places)] if places
+             else [ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)])
+    try:
         pending: deque[Future[Any]] = deque()
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) > ahead:
+        for i, item in enumerate(items):
+            pending.append(pools[i % len(pools)].submit(fn, item))
+            if len(pending) > max(ahead, len(pools) - 1):
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+    finally:
+        for pool in pools:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def prefetched(items: Sequence[PlannedTensor], read: Callable[[PlannedTensor], Loaded],
@@ -113,14 +121,25 @@ def progress_bar(show: bool) -> Any:
 
 
 def stream(items: Sequence[PlannedTensor], read: Callable[[PlannedTensor], Loaded], work: Callable[[Loaded], Any],
-           workers: int, progress: Any = None, label: str = "merging") -> Iterator[Any]:
+           workers: int, progress: Any = None, label: str = "merging",
+           devices: Sequence[torch.device] = ()) -> Iterator[Any]:
     """work(read(t)) for every t in items, read ahead in one thread, `workers` computed at a time (one: inline),
-    yielded in plan order; advances a progress task named `label`."""
+    yielded in plan order; advances a progress task named `label`. With several `devices` (Schedule.devices),
+    one worker per device, bound to it (bind_device), takes every len(devices)-th weight."""
     task = progress.add_task(label, total=len(items)) if progress else None
-    for result in ordered_map(work, prefetched(items, read), workers, ahead=workers - 1, name="ssam-work"):
+    places = [lambda d=d: bind_device(d) for d in devices] if len(devices) > 1 else []
+    for result in ordered_map(work, prefetched(items, read), workers, ahead=workers - 1, name="ssam-work",
+                              places=places):
         yield result
         if progress:
             progress.advance(task)
+
+
+def bind_device(device: torch.device) -> None:
+    """Make `device` the calling thread's current CUDA device, so that work placed on `cuda` lands on it (CUDA's
+    current device is per host thread); nothing to do for a CPU."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
 
 
 def lowrank_only(plan: Plan) -> bool:
@@ -130,18 +149,34 @@ def lowrank_only(plan: Plan) -> bool:
 
 @dataclass(frozen=True)
 class Schedule:
-    """How a stream runs: the device, how many weights at a time, and torch's CPU threads (None: torch's own)."""
+    """How a stream runs: the device, how many weights at a time, torch's CPU threads (None: torch's own), and,
+    on a machine with several CUDA devices asked for as plain `cuda`, the devices the workers are spread over."""
 
     device: torch.device
     workers: int
     threads: Optional[int]
+    devices: tuple[torch.device, ...] = ()
 
 
-def schedule(plan: Plan, device: torch.device, threads: Optional[int] = None) -> Schedule:
-    """LoRA-only work on a CPU with two cores or more: two weights at a time, each on one torch thread (small
+def schedule(plan: Plan, device: torch.device, threads: Optional[int] = None,
+             visible: Optional[Sequence[torch.device]] = None) -> Schedule:
+    """`cuda` with several visible devices (`visible`: the CUDA devices, found when None): one worker per device,
+    each weight merged wholly on one of them (weights are independent), results still in plan order. `cuda:N`
+    means that device alone.
+
+    LoRA-only work on a CPU with two cores or more: two weights at a time, each on one torch thread (small
     products and decompositions gain nothing from two threads per weight; see ssam_cli/threads.py). Otherwise one
     weight at a time on torch's own threads. An explicit `threads` means one worker with that many threads."""
+    if device.type == "cuda" and device.index is None:
+        gpus = tuple(visible) if visible is not None else cuda_devices()
+        if len(gpus) > 1:
+            return Schedule(device, len(gpus), threads, gpus)
     if threads is not None:
         return Schedule(device, 1, threads)
     cheap = device.type == "cpu" and lowrank_only(plan)
     return Schedule(device, 2 if cheap and (os.cpu_count() or 1) >= 2 else 1, 1 if cheap else None)
+
+
+def cuda_devices() -> tuple[torch.device, ...]:
+    """Every visible CUDA device (CUDA_VISIBLE_DEVICES applies)."""
+    return tuple(torch.device("cuda", i) for i in range(torch.cuda.device_count())) if torch.cuda.is_available() else ()

@@ -1,0 +1,74 @@
+"""The stream's scheduling: results in plan order whatever the workers, bounded work in flight, and with several
+CUDA devices one worker per device, each bound to its own (two CPU workers stand in for two GPUs)."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+import torch
+
+from ssam_cli import stream as stream_module
+from ssam_cli.plan import Plan
+from ssam_cli.stream import schedule, stream
+
+ITEMS = [f"w{i}" for i in range(12)]
+
+
+def jittery(record: list[tuple[str, str]], busy: list[int], peak: list[int]):
+    lock = threading.Lock()
+
+    def work(item: str) -> str:
+        with lock:
+            busy[0] += 1
+            peak[0] = max(peak[0], busy[0])
+        time.sleep(random.random() * 0.01)  # finish out of order
+        with lock:
+            record.append((item, threading.current_thread().name))
+            busy[0] -= 1
+        return item.upper()
+    return work
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_results_come_in_plan_order_with_at_most_workers_in_flight(workers):
+    record: list[tuple[str, str]] = []
+    busy, peak = [0], [0]
+    out = list(stream(ITEMS, lambda t: t, jittery(record, busy, peak), workers))
+    assert out == [t.upper() for t in ITEMS]
+    assert peak[0] <= workers and len(record) == len(ITEMS)
+
+
+def test_two_devices_get_one_worker_each_bound_once_taking_alternate_weights(monkeypatch):
+    bound: dict[str, torch.device] = {}
+
+    def bind(device: torch.device) -> None:  # records which device each worker thread was bound to
+        assert threading.current_thread().name not in bound
+        bound[threading.current_thread().name] = device
+
+    monkeypatch.setattr(stream_module, "bind_device", bind)
+    devices = (torch.device("cpu", 0), torch.device("cpu", 1))  # stand-ins for cuda:0 and cuda:1
+    record: list[tuple[str, str]] = []
+    busy, peak = [0], [0]
+    out = list(stream(ITEMS, lambda t: t, jittery(record, busy, peak), workers=2, devices=devices))
+    assert out == [t.upper() for t in ITEMS]
+    assert sorted(bound.values(), key=str) == list(devices)
+    where = {item: bound[thread] for item, thread in record}
+    assert [where[t] for t in ITEMS] == [devices[i % 2] for i in range(len(ITEMS))]
+
+
+def test_plain_cuda_with_several_visible_devices_spreads_one_worker_per_device():
+    plan = Plan(tensors=[])
+    gpus = (torch.device("cuda", 0), torch.device("cuda", 1), torch.device("cuda", 2))
+    s = schedule(plan, torch.device("cuda"), visible=gpus)
+    assert s.workers == 3 and s.devices == gpus
+    one = schedule(plan, torch.device("cuda", 1), visible=gpus)  # cuda:N: that device alone
+    assert one.workers == 1 and one.devices == ()
+    single = schedule(plan, torch.device("cuda"), visible=gpus[:1])
+    assert single.workers == 1 and single.devices == ()
+
+
+def test_bind_device_leaves_the_cpu_alone():
+    stream_module.bind_device(torch.device("cpu"))  # no CUDA call: would raise on a machine without CUDA
