@@ -48,6 +48,9 @@ def plan_table(p: "Prepared") -> Table:
         table.caption = f"estimated output size: {human_bytes(out)}"
     kinds = ", ".join(f"{n.name} ({n.source.kind})" for n in p.inputs.specialists)
     table.caption += f"\nspecialists: {kinds}"
+    base = p.inputs.base.describe()
+    if base.get("read") == "header":
+        table.caption += f"\nbase: read by header only ({base['shapes_from']}); no base weight is read"
     for line in decoder_lines(p):
         table.caption += f"\n{line}"
     return table

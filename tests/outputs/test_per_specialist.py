@@ -73,6 +73,18 @@ def test_validate_finds_each_layout_and_keeps_every_tower_tensor(world: dict):
     assert "vision_tower.encoder.layers.0.self_attn.q_proj.weight" in {k.key for k in p.plan.kept}
 
 
+def test_ssam_validate_says_each_mapping(world: dict):
+    from tests.test_cli import ssam
+
+    done = ssam("validate", str(world["recipe"]))
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())  # rich wraps the caption
+    for line in ("vision: decoder at * → language_model.*; 43 other tensor(s) kept as its own",
+                 "vision452: decoder at model.* → model.language_model.* (other names as in the base); 43 other",
+                 "audio: decoder at * → language_model.*; 24 other tensor(s) kept as its own"):
+        assert line in text, line
+
+
 def test_each_folder_loads_with_its_class_and_gives_the_reference_logits(world: dict):
     from safetensors.torch import load_file
     from transformers import LlavaForConditionalGeneration, Qwen2AudioForConditionalGeneration
@@ -116,3 +128,19 @@ def model_inputs(name: str) -> dict[str, torch.Tensor]:
     ids = torch.tensor([[1, 5] + [AUDIO_TOKEN] * 8 + [7, 9]])
     return {"input_ids": ids, "input_features": torch.randn(1, 8, frames, generator=g),
             "feature_attention_mask": torch.ones(1, frames, dtype=torch.long)}
+
+
+def test_a_specialist_without_an_architecture_of_its_own_or_a_taken_name_is_refused(tiny: Path):
+    from ssam_cli import api
+    from ssam_cli.errors import UserError
+
+    recipe = write_recipe(tiny / "lora.yaml", Path("base"), [("a", Path("a")), ("c", Path("c"))],
+                          output={"format": "per_specialist"})
+    with pytest.raises(UserError, match=r"output.format: per_specialist: specialist 'a' is a lora source, which has "
+                                        r"no architecture of its own to write a folder for; use format: full$"):
+        api.validate(recipe)
+    recipe = write_recipe(tiny / "taken.yaml", Path("base"), [("config.json", Path("c"))],
+                          output={"format": "per_specialist"})
+    with pytest.raises(UserError, match=r"specialist name 'config.json' is also a file or folder of the merged "
+                                        r"checkpoint; rename the specialist$"):
+        api.validate(recipe)
