@@ -47,8 +47,9 @@ PATTERNS = {
     "auto": WEIGHT_PATTERNS + ADAPTER_PATTERNS + SIDE_PATTERNS,
     "modelcompose": ADAPTER_PATTERNS + SIDE_PATTERNS,  # config.json + adapter_model.bin
 }
-# A base read by header (sources/header_only.py): its small files and index are downloaded, its weights only listed.
-HEADER_PATTERNS = SIDE_PATTERNS + (checkpoint.INDEX,)
+# A base read by header (sources/header_only.py): its config, card (license) and index are downloaded, its weights
+# only listed; a low-rank output copies none of the base's tokenizer files, so they are not fetched.
+HEADER_PATTERNS = ("config.json", "README.md", checkpoint.INDEX)
 
 
 @dataclass(frozen=True)
