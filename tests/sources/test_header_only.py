@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from ssam_cli import api
 from ssam_cli.errors import RecipeError
+from ssam_cli.plan import Role
 from tests.fixtures.tiny import make_base, make_full_specialist, make_lora_specialist, write_recipe
 from tests.fixtures.torch_bin import llama_state_dict, write_bin_checkpoint
 from tests.hub.fake_hub import FakeHub, fake_hub  # noqa: F401  (fixture)
@@ -44,6 +45,10 @@ def test_a_config_only_base_folder_gives_the_merge_its_weights_would(tmp_path: P
     assert base_row(config_only)["read"] == "header" and base_row(with_weights)["read"] == "header"
     assert base_row(config_only)["shapes_from"] == "config.json and the specialists' adapters"
     assert base_row(config_only)["files"] == []
+    from ssam_cli.commands.render import plan_table
+
+    caption = plan_table(api.validate(lora_recipe(tmp_path, "config-only"))).caption
+    assert "base: read by header only (config.json and the specialists' adapters); no base weight is read" in caption
 
 
 def test_an_adapter_the_config_does_not_fit_is_one_line_naming_config_json(tmp_path: Path):
@@ -106,3 +111,24 @@ def test_a_bin_only_hub_base_needs_only_its_config(tmp_path: Path, fake_hub: Fak
     assert (row["commit"], row["read"], row["shapes_from"]) == \
         (commit, "header", "config.json and the specialists' adapters")
     assert yaml.safe_load(result.manifest.recipe_text)["base"] == "lmsys/tiny-vicuna"
+
+
+def test_a_hub_base_in_a_subfolder_offline_falls_back_to_its_cached_config(tmp_path: Path, fake_hub: FakeHub,
+                                                                            monkeypatch: pytest.MonkeyPatch):
+    from huggingface_hub import constants
+
+    base = make_base(tmp_path / "src" / "base", layers=12)  # one model.safetensors of ~450 kB
+    fake_hub.create("org/bundle", {f"text/{p.name}": p.read_bytes() for p in base.iterdir()})
+    recipe = lora_recipe(tmp_path / "work", "org/bundle")
+    data = yaml.safe_load(recipe.read_text())
+    recipe.write_text(yaml.safe_dump({**data, "base": {"path": "org/bundle", "subfolder": "text"}}))
+    online = api.validate(recipe)
+    assert online.inputs.base.describe()["shapes_from"] == "safetensors headers on the Hub (range requests)"
+    assert [(r[1], r[2], r[3]) for r in fake_hub.ranges] == [("text/model.safetensors", 0, HEADER)]
+    assert set(fake_hub.downloaded("org/bundle")) == {"text/config.json", "text/model.safetensors"}
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    offline = api.validate(recipe)
+    assert offline.inputs.base.describe()["shapes_from"] == "config.json and the specialists' adapters"
+    assert {t.name: t.shape for t in offline.plan.of_role(Role.MERGE)} == \
+        {t.name: t.shape for t in online.plan.of_role(Role.MERGE)}
