@@ -86,15 +86,14 @@ def run_merge(p: Prepared, *, overwrite: bool = False, device: Optional[str] = N
     merged weight is low-rank, where it costs R × R work (dense inputs need an SVD per specialist and weight).
     `threads`: torch's CPU threads (see stream.schedule for the default).
     """
-    atomic = AtomicFolder(p.recipe.output_path, overwrite)
-    atomic.check_target()
     started = time.perf_counter()
     plan = schedule(p.plan, pick_device(device or p.recipe.device), threads)
     spectrum = lowrank_only(p.plan) if spectrum is None else spectrum
     stats: dict[str, dict[str, Any]] = {}
     spectra: list[Any] = []
     fmt = p.output
-    with torch_threads(plan.threads), atomic as folder:
+    # Entering the atomic folder checks the target and takes its lock, released on every way out.
+    with torch_threads(plan.threads), AtomicFolder(p.recipe.output_path, overwrite) as folder:
         fmt.open(folder)
         with progress_bar(show_progress) as progress:
             prepass = run_prepass(p, plan.device, progress)
