@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
 
 from ssam_cli.dtypes import DTYPE_OF_CODE
-from ssam_cli.errors import InputError
+from ssam_cli.errors import InputError, describe_os_error
 from ssam_cli.sources.base import TensorInfo
 
 
@@ -39,11 +40,8 @@ class SafetensorsFiles:
         """Every tensor of the given files; a name found in two files is an error."""
         mapping: dict[str, Path] = {}
         for path in paths:
-            try:
-                with safe_open(str(path), framework="pt") as f:
-                    names = list(f.keys())
-            except Exception as e:  # safetensors raises its own error types for a corrupt header
-                raise InputError(f"{path}: not a readable safetensors file ({e})") from None
+            with open_safetensors(path) as f:
+                names = list(f.keys())
             for name in names:
                 if name in mapping:
                     raise InputError(f"{path}: tensor {name} is also in {mapping[name]}")
@@ -53,13 +51,7 @@ class SafetensorsFiles:
     def _open(self, path: Path):
         handle = self._handles.get(path)
         if handle is None:
-            try:
-                handle = safe_open(str(path), framework="pt")
-            except FileNotFoundError:
-                raise InputError(f"{path}: file not found") from None
-            except Exception as e:
-                raise InputError(f"{path}: not a readable safetensors file ({e})") from None
-            self._handles[path] = handle
+            handle = self._handles[path] = open_safetensors(path)
         return handle
 
     def read(self, name: str) -> torch.Tensor:
@@ -71,3 +63,17 @@ class SafetensorsFiles:
     @property
     def files(self) -> list[Path]:
         return sorted(set(self._file_of.values()))
+
+
+def open_safetensors(path: Path) -> Any:
+    """A safetensors handle, or one line with the OS's own reason (safetensors reports every failed open as a
+    missing file) or with safetensors' complaint about a corrupt header."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise InputError(describe_os_error(e, path)) from None
+    try:
+        return safe_open(str(path), framework="pt")
+    except Exception as e:  # safetensors raises its own error types for a corrupt header
+        raise InputError(f"{path}: not a readable safetensors file ({e})") from None

@@ -132,3 +132,25 @@ def test_an_index_naming_a_missing_shard_is_named(tmp_path):
     (folder / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(InputError, match="weight_map names model-00002-of-00002.safetensors, which is not in"):
         open_source(folder)
+
+
+def test_an_unreadable_shard_names_the_os_reason_not_a_missing_file(tmp_path):
+    """safetensors reports every failed open as 'No such file'; the source asks the OS first. Root reads
+    everything: dropping CAP_DAC_OVERRIDE (setpriv) makes the permission bits count."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to drop the capability that bypasses permission bits")
+    save_file({"w": torch.zeros(2, 2)}, str(tmp_path / "model.safetensors"))
+    os.chmod(tmp_path / "model.safetensors", 0)
+    code = ("from pathlib import Path; from ssam_cli.sources.checkpoint import FullCheckpoint\n"
+            f"FullCheckpoint(Path({str(tmp_path)!r}))")
+    drop = ["setpriv", "--inh-caps", "-dac_override,-dac_read_search",
+            "--bounding-set", "-dac_override,-dac_read_search"]
+    run = subprocess.run([*drop, sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and "Permission denied" in run.stderr and "No such file" not in run.stderr, run.stderr
