@@ -37,3 +37,14 @@ def test_a_changed_file_is_read_again(tmp_path):
     remember(path, "1" * 64)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1000))  # same size, touched
     assert sha256_file(path) == hashlib.sha256(b"two!").hexdigest()
+
+
+def test_background_hashes_are_waited_for_and_equal_the_bytes(tmp_path):
+    from ssam_cli import digests
+
+    files = [tmp_path / f"{i}.bin" for i in range(3)]
+    for i, f in enumerate(files):
+        f.write_bytes(os.urandom(1 << 20) * (i + 1))
+    digests.in_background(files + files[:1])  # a file named twice is hashed once
+    assert [sha256_file(f) for f in files] == [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+    assert not digests._pending
