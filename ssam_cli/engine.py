@@ -100,7 +100,7 @@ def run_merge(p: Prepared, *, overwrite: bool = False, device: Optional[str] = N
             read = lambda t: read_inputs(p.inputs, t, need_base=fmt.reads_base_weights)  # noqa: E731
             work = lambda loaded: compute(p, loaded, plan.device, prepass, spectrum)  # noqa: E731
             for done in stream(fmt.streamed(), read, work, plan.workers, progress):
-                fmt.accept(done.tensor, done.value)
+                fmt.take(done.tensor, done.value)
                 stats[done.tensor.name] = done.entry
                 if done.spectrum is not None:
                     spectra.append(done.spectrum)
@@ -193,6 +193,10 @@ def compute(p: Prepared, loaded: Loaded, dev: torch.device, prepass: PrepassRun,
                                 f"tensor ({t.dtype}) it changed; integer tensors are never merged, only copied "
                                 "from the base when every specialist leaves them unchanged")
         value: Any = loaded.base.to(fmt.out_dtype(t))  # the base's own value
+    elif t.role is Role.AVERAGE and not t.in_base:  # a shared tensor: the weighted mean of its holders
+        held = [(loaded.parts[c.index].to(dev, COMPUTE), weights[c.index]) for c in t.contributions]
+        mean = sum(x * w for x, w in held) / sum(w for _, w in held)
+        value = merged_finite(t.name, mean).to("cpu", fmt.out_dtype(t))
     elif t.role is Role.AVERAGE:
         base, deltas = to_deltas(loaded, n, dev)
         mean = base + sum(d.dense() * (w / sum(weights)) for d, w in zip(deltas, weights))

@@ -1,7 +1,8 @@
 """Give every tensor of the base and of the specialists a role, from headers alone, and fail early.
 
 merge   2-D weights some specialist changed: the method merges their deltas
-average other floating tensors some specialist changed (biases, norms): mean of the specialists
+average other floating tensors some specialist changed (biases, norms): mean of the specialists; also the
+        shared tensors the base lacks (ModelCompose's `default` tokens): mean of the specialists that hold them
 keep    modality-specific tensors (modules.keep; every tensor a ModelCompose specialist holds besides its language
         LoRA; every tensor of a wrapped multimodal checkpoint outside its decoder): written per specialist, never
         merged
@@ -52,6 +53,7 @@ class PlannedTensor:
     contributions: tuple[Contribution, ...] = ()
     params: Any = None
     space: str = "dense"
+    in_base: bool = True  # False: a shared tensor the base lacks (average of its holders, no base value)
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,25 @@ def build_plan(base: Source, specialists: Sequence[NamedSource], keep: Sequence[
                                      space if merged else "dense"))
     order = {name: i for i, name in enumerate(base_infos)}
     planned.sort(key=lambda t: (layer_of(t.name), order[t.name]))
-    return Plan(planned, kept, decoders)
+    return Plan(planned + _shared_tensors(specialists), kept, decoders)
+
+
+def _shared_tensors(specialists: Sequence[NamedSource]) -> list[PlannedTensor]:
+    """One averaged tensor per shared key (not in the base), contributed by every specialist that holds it, at one
+    shape and dtype for all (an average of tensors of different shapes has no meaning)."""
+    holders: dict[str, list[tuple[int, TensorInfo]]] = {}
+    for index, named in enumerate(specialists):
+        for key, info in named.source.shared.items():
+            if key in holders:
+                first, seen = holders[key][0]
+                if tuple(info.shape) != tuple(seen.shape) or info.dtype != seen.dtype:
+                    raise InputError(f"specialist '{named.name}': shared tensor {key} is {tuple(info.shape)} "
+                                     f"{info.dtype}, specialist '{specialists[first].name}' has {tuple(seen.shape)} "
+                                     f"{seen.dtype}; a shared tensor is averaged, so they must agree")
+            holders.setdefault(key, []).append((index, info))
+    return [PlannedTensor(key, Role.AVERAGE, tuple(held[0][1].shape), held[0][1].dtype,
+                          tuple(Contribution(i, "full", key) for i, _ in held), in_base=False)
+            for key, held in holders.items()]
 
 
 def _decoder_of(named: NamedSource, base_infos: dict[str, TensorInfo], keep: Sequence[str],

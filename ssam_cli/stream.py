@@ -36,7 +36,7 @@ class Loaded:
 def read_inputs(inputs: Inputs, t: PlannedTensor, need_base: bool) -> Loaded:
     """Read what tensor t needs from disk, each value checked finite; safe to run in a background thread (no device
     work). The base value is read when asked, or when a specialist changed t in full (its delta is W_i − W_0)."""
-    need_base = need_base or any(c.kind == "full" for c in t.contributions)
+    need_base = t.in_base and (need_base or any(c.kind == "full" for c in t.contributions))
     parts: dict[int, Any] = {}
     for c in t.contributions:
         named = inputs.specialists[c.index]

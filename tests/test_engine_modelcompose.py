@@ -130,5 +130,50 @@ def test_full_output_merges_the_decoder_and_keeps_each_modality_in_its_own_file(
     result = run_merge(prepare(load_recipe(_recipe(mc, out="full-out", fmt="full"))), show_progress=False)
     vision = load_file(str(result.output / "modalities" / "vision.safetensors"))
     stored = load_tensor_dict(mc / "vision" / "adapter_model.bin")
-    assert vision and all(torch.equal(v, stored[k]) for k, v in vision.items())
+    averaged = set(result.manifest.modalities["vision"]["averaged"])  # the shared tokens: their mean (test below)
+    assert vision and all(torch.equal(v, stored[k]) for k, v in vision.items() if k not in averaged)
     assert result.manifest.modalities["video"]["file"] == "modalities/video.safetensors"
+
+
+def test_validate_plans_the_default_tokens_as_averaged_and_the_merge_writes_their_mean(mc: Path):
+    """The `default` tokens are language-side and shared: the plan averages them (over the specialists that hold
+    them; NaiveMC video has none), ssam validate counts them, and the composed file holds their float32 mean."""
+    from typer.testing import CliRunner
+
+    from ssam_cli.cli import app
+    from ssam_cli.plan import Role
+
+    recipe = _recipe(mc, parameters={"rank": R})
+    prepared = prepare(load_recipe(recipe))
+    shared = {t.name: t for t in prepared.plan.tensors if not t.in_base}
+    assert set(shared) == {"prefix_tokens.default", "suffix_tokens.default"}
+    assert all(t.role is Role.AVERAGE for t in shared.values())
+    names = [prepared.inputs.specialists[c.index].name for c in shared["prefix_tokens.default"].contributions]
+    assert names == ["vision", "point"]
+    shown = CliRunner().invoke(app, ["validate", str(recipe)], terminal_width=200)
+    assert shown.exit_code == 0 and re.search(r"average\s*│\s*2\b", shown.output), shown.output
+
+    result = run_merge(prepared, show_progress=False)
+    out = load_tensor_dict(result.output / "adapter_model.bin")
+    for key in shared:
+        held = [load_tensor_dict(mc / n / "adapter_model.bin")[key].double() for n in ("vision", "point")]
+        assert torch.allclose(out[key].double(), (held[0] + held[1]) / 2, rtol=0, atol=1e-7)
+
+
+def test_default_tokens_of_different_counts_are_refused_naming_both_specialists(mc: Path):
+    from tests.fixtures.modelcompose import make_modelcompose_specialist
+
+    make_modelcompose_specialist(mc / "video", "video", "damc", seed=7, tokens=3)
+    with pytest.raises(UserError, match=r"specialist 'video': shared tensor prefix_tokens.default is \(1, 3, 32\) "
+                                        r"torch.bfloat16, specialist 'vision' has \(1, 5, 32\)"):
+        prepare(load_recipe(_recipe(mc)))
+
+
+def test_a_full_output_writes_each_holders_averaged_tokens_into_its_modality_file(mc: Path):
+    result = run_merge(prepare(load_recipe(_recipe(mc, out="merged", fmt="full", parameters={"rank": R}))),
+                       show_progress=False)
+    vision = load_file(str(result.output / "modalities" / "vision.safetensors"))
+    held = [load_tensor_dict(mc / n / "adapter_model.bin")["prefix_tokens.default"].double() for n in ("vision", "point")]
+    assert torch.allclose(vision["prefix_tokens.default"].double(), (held[0] + held[1]) / 2, rtol=0, atol=1e-7)
+    assert "prefix_tokens.default" not in load_file(str(result.output / "modalities" / "video.safetensors"))
+    assert result.manifest.modalities["vision"]["averaged"] == ["prefix_tokens.default", "suffix_tokens.default"]

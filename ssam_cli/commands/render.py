@@ -34,8 +34,8 @@ def plan_table(p: "Prepared") -> Table:
     table.add_column("what happens")
     what = {
         Role.MERGE: f"merged by {r.method}",
-        Role.AVERAGE: "mean of the specialists (biases, norms)",
-        Role.KEEP: "kept per specialist in modalities/<name>.safetensors",
+        Role.AVERAGE: "mean of the specialists (biases, norms, shared tokens)",
+        Role.KEEP: f"kept per specialist in {p.output.kept_where}",
         Role.COPY: "base value" + ("" if p.output.reads_base_weights else f" (not written: {r.output.format} output)"),
     }
     for role in Role:

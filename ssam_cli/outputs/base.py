@@ -39,6 +39,7 @@ class OutputFormat(ABC):
 
     name: ClassVar[str]
     summary: ClassVar[str]
+    kept_where: ClassVar[str] = "modalities/<name>.safetensors"  # where kept (modality-specific) tensors go
     reads_base_weights: ClassVar[bool]
     lowrank_only: ClassVar[bool]
 
@@ -46,6 +47,7 @@ class OutputFormat(ABC):
         self.prepared = prepared
         self.recipe = prepared.recipe
         self.folder: Optional[Path] = None
+        self.shared: dict[str, torch.Tensor] = {}  # shared tensors' averages, by name (see take)
 
     def check(self) -> None:
         """Refuse, before any tensor is read, a plan this format cannot hold (UserError naming the field)."""
@@ -53,7 +55,7 @@ class OutputFormat(ABC):
             return
         p, where = self.prepared, self.where
         for t in p.plan.tensors:
-            if t.role is Role.AVERAGE or any(c.kind == "full" for c in t.contributions):
+            if t.in_base and (t.role is Role.AVERAGE or any(c.kind == "full" for c in t.contributions)):
                 who = p.inputs.specialists[t.contributions[0].index].name
                 raise UserError(f"{where}: tensor {t.name} is changed in full by specialist '{who}'; a {self.name} "
                                 "output holds only low-rank updates of LoRA specialists; use format: full")
@@ -70,8 +72,17 @@ class OutputFormat(ABC):
         return f"{self.recipe.source_file}: output.format: {self.name}"
 
     def streamed(self) -> list[PlannedTensor]:
-        """The planned tensors the engine streams into this format, in plan order."""
-        return self.prepared.plan.tensors if self.reads_base_weights else self.prepared.plan.of_role(Role.MERGE)
+        """The planned tensors the engine streams into this format, in plan order: every one when the format
+        reads base weights, else the merged weights; the shared tensors (averaged, not in the base) always."""
+        return [t for t in self.prepared.plan.tensors
+                if self.reads_base_weights or t.role is Role.MERGE or not t.in_base]
+
+    def take(self, t: PlannedTensor, value: Any) -> None:
+        """A streamed tensor's value: a shared tensor's average is kept for finish(), the rest goes to accept()."""
+        if t.in_base:
+            self.accept(t, value)
+        else:
+            self.shared[t.name] = value
 
     def out_dtype(self, t: PlannedTensor) -> torch.dtype:
         """The dtype tensor t is written in: the recipe's output.dtype for floating tensors, else t's own."""

@@ -34,7 +34,7 @@ class LoraOutput(OutputFormat):
 
     def finish(self) -> Finished:
         assert self.folder is not None
-        return Finished(self.writer.close(), write_modality_files(self.prepared, self.folder))
+        return Finished(self.writer.close(), write_modality_files(self.prepared, self.folder, self.shared))
 
     def verify(self) -> None:
         assert self.folder is not None

@@ -20,6 +20,7 @@ class ModelComposeOutput(OutputFormat):
     summary = "a composed ModelCompose model (DAMC / NaiveMC specialists), loadable by its load_pretrained_model"
     reads_base_weights = False
     lowrank_only = True
+    kept_where = "the composed adapter_model.bin"
 
     def check(self) -> None:
         try:
@@ -41,7 +42,7 @@ class ModelComposeOutput(OutputFormat):
             self.writer.add(t.name, value)
 
     def finish(self) -> Finished:
-        files = self.writer.close()
+        files = self.writer.close(self.shared)
         r = self.writer.result
         assert r is not None
         return Finished(files, r.modalities, {"lora_r": r.lora_r, "lora_alpha": r.lora_alpha, "notes": r.notes})

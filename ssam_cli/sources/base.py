@@ -48,6 +48,12 @@ class Source(ABC):
     def lowrank(self) -> dict[str, LowRankInfo]:
         return {}
 
+    @property
+    def shared(self) -> dict[str, TensorInfo]:
+        """Language-side tensors the base lacks but every specialist of this kind holds (ModelCompose's `default`
+        tokens): averaged across the specialists that hold them; read with `read`."""
+        return {}
+
     @abstractmethod
     def read(self, name: str) -> torch.Tensor:
         """One stored tensor, as stored (dtype unchanged)."""

@@ -103,17 +103,10 @@ def check_composition(target: Path, specialists: Sequence[NamedSource]) -> Compo
 
 
 def shared_tensors(chosen: Sequence[tuple[str, ModelComposeSpecialist]]) -> dict[str, tuple[str, ...]]:
-    """The `default` tokens, averaged over the specialists that hold them: one shape for all, or nothing to average."""
+    """The `default` tokens and the specialists that hold them (the plan averages them and checks their shapes)."""
     holders: dict[str, list[str]] = {}
-    shapes: dict[str, tuple[str, tuple[int, ...]]] = {}
     for name, src in chosen:
-        for key, info in src.shared.items():
-            if key in shapes and shapes[key][1] != tuple(info.shape):
-                other, shape = shapes[key]
-                raise UserError(f"specialist '{name}': {key} has shape {tuple(info.shape)}, '{other}' {shape}; the "
-                                "`default` tokens are shared by every modality and averaged, so their counts "
-                                "(local_prefix_tokens / local_suffix_tokens) must agree")
-            shapes.setdefault(key, (name, tuple(info.shape)))
+        for key in src.shared:
             holders.setdefault(key, []).append(name)
     return {key: tuple(names) for key, names in holders.items()}
 
@@ -189,13 +182,9 @@ def _owning(t: torch.Tensor) -> torch.Tensor:
     return t if whole else t.contiguous().clone()
 
 
-def mean_of(values: Sequence[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-    """The mean in float32, cast once (ModelCompose's merge sums in the stored dtype; this rounds once)."""
-    return (torch.stack([v.float() for v in values]).mean(0)).to(dtype)
-
-
 def write_modelcompose(folder: Path, comp: Composition, merged: Mapping[str, LowRankDelta],
-                       kept: Mapping[str, Mapping[str, torch.Tensor]], dtype: torch.dtype) -> ComposeResult:
+                       kept: Mapping[str, Mapping[str, torch.Tensor]], averaged: Mapping[str, torch.Tensor],
+                       dtype: torch.dtype) -> ComposeResult:
     """Write merged `default` LoRAs, every specialist's kept tensors, the averaged `default` tokens and the empty
     token parameters of modalities trained without them, as one composed model; then verify it.
 
@@ -230,9 +219,8 @@ def write_modelcompose(folder: Path, comp: Composition, merged: Mapping[str, Low
         modalities[name] = {"file": WEIGHTS, "modality": src.modality, "variant": src.variant,
                             "tensors": sorted(kept.get(name, {})),
                             "averaged": sorted(k for k, names in comp.shared.items() if name in names)}
-    sources = dict(comp.specialists)
-    for key, names in comp.shared.items():
-        tensors[key] = mean_of([sources[n].read(key) for n in names], dtype)
+    for key, names in comp.shared.items():  # averaged by the engine (plan role `average`), in float32
+        tensors[key] = averaged[key].to("cpu", dtype)
         origin[key] = f"the mean of {', '.join(repr(n) for n in names)}"
     if comp.shared:
         notes.append(f"{', '.join(sorted(comp.shared))}: the `default` (language-side) tokens, averaged over the "
@@ -312,7 +300,8 @@ class ModelComposeWriter:
         B = (delta.B.float() * (delta.scale / self.comp.scale)).to("cpu", self.dtype)
         self.merged[weight_name] = LowRankDelta(B, delta.A.to("cpu", self.dtype), self.comp.scale)
 
-    def close(self) -> list[str]:
+    def close(self, averaged: Mapping[str, torch.Tensor]) -> list[str]:
+        """Write everything; `averaged`: the shared `default` tokens' averages, by name."""
         kept = {name: {key: src.read(key) for key in src.tensors} for name, src in self.comp.specialists}
-        self.result = write_modelcompose(self.folder, self.comp, self.merged, kept, self.dtype)
+        self.result = write_modelcompose(self.folder, self.comp, self.merged, kept, averaged, self.dtype)
         return self.result.files
