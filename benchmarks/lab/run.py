@@ -169,6 +169,8 @@ class Lab:
                         split: str, space: str = "dense", light: bool = False) -> dict[str, Any]:
         light = light or space != "dense"
         name = _label(method, params, space) + ("_light" if light and space == "dense" else "")
+        if split == "test" and not self.budget.combined_n:
+            name += "_single"  # --single-only scores: never mistaken for a full row by --reuse
         key = f"{seed}/{split}/{name}"
         saved = self.folder(seed) / "scores" / split / f"{name}.json"
         if key not in self.cache and self.reuse and saved.is_file():  # a stopped run resumes where it was
@@ -353,10 +355,11 @@ def _towers_on_base(base: Path, merged_out: Path) -> lm.PrefixLM:
 
 
 def quick_failures(seed_result: dict[str, Any]) -> list[str]:
-    """Every merge (default parameters) must be well above chance on each modality and on the combinations."""
+    """Every merge (default parameters, and `lambda: auto`) must be well above chance on each modality and on the
+    combinations."""
     failures = []
     for row, res in seed_result["rows"].items():
-        if not row.endswith("(default)"):
+        if not (row.endswith("(default)") or row.endswith("auto)")):
             continue
         for mod, per_type in res["single"].items():
             acc = evaluate.mean_accuracy(per_type)
@@ -399,6 +402,16 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def demo_regime() -> Regime:
+    """The committed demo specialists as a regime (for --quick): the modalities present in recipes/demo/specialists
+    and their LoRA rank, read from the adapters themselves."""
+    mods = tuple(m for m in MODALITIES if (DEMO / m / train.ADAPTER_WEIGHTS).is_file())
+    if not mods:
+        raise FileNotFoundError(f"no demo specialists in {DEMO}")
+    cfg = json.loads((DEMO / mods[0] / train.ADAPTER_CONFIG).read_text())
+    return Regime("demo", rank=cfg["r"], alpha=cfg["lora_alpha"], steps=0, lr=0.0, modalities=mods)
+
+
 def export_demo(base: Path, work: Path, budget: Budget) -> None:
     """Copy the DEMO_REGIME's seed-0 specialists (trained now if the cache lacks them) to recipes/demo/specialists,
     and write the fixed held-out set the demo test scores."""
@@ -423,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="non-dense merge spaces to add at defaults (default: none)")
     parser.add_argument("--regimes", nargs="*", choices=tuple(REGIMES),
                         help="full mode: which regimes to run (default: interfering low)")
+    parser.add_argument("--single-only", action="store_true",
+                        help="score single modalities and retention only: no combined, complementary, real-clip "
+                             "or late-fusion columns (a fraction of the CPU time)")
     parser.add_argument("--jobs", type=int, default=2,
                         help="(regime, seed) tasks run in parallel processes (one thread each)")
     parser.add_argument("--export-demo", action="store_true",
@@ -446,8 +462,10 @@ def main(argv: list[str] | None = None) -> int:
         budget = Budget(**{**budget.__dict__, "seeds": tuple(args.seeds)})
     if args.spaces is not None:
         budget = Budget(**{**budget.__dict__, "spaces": tuple(args.spaces)})
+    if args.single_only:
+        budget = Budget(**{**budget.__dict__, "combined_n": 0})
     mode = "quick" if args.quick else "damc" if damc else "full"
-    regimes = ([REGIMES[DEMO_REGIME]] if args.quick else [DAMC_REGIME] if damc
+    regimes = ([demo_regime()] if args.quick else [DAMC_REGIME] if damc
                else [REGIMES[r] for r in (args.regimes or REGIMES)])
     work = assets.CACHE / mode
     t0 = time.perf_counter()
@@ -477,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
         export_demo(base, work, budget)
     print(f"wrote {args.out / name}.md and .json in {time.perf_counter() - t0:.0f} s")
     if args.quick:
-        failures = quick_failures(per_regime[DEMO_REGIME][str(budget.seeds[0])])
+        failures = quick_failures(per_regime["demo"][str(budget.seeds[0])])
         for f in failures:
             print(f"FAIL {f}", file=sys.stderr)
         return 1 if failures else 0

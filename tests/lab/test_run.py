@@ -57,3 +57,12 @@ def test_spaces_are_the_non_dense_ones_each_method_supports() -> None:
     assert run._spaces("ssam") == []  # no factor space for SSAM; in core it is exactly its dense merge
     assert run._spaces("task_arithmetic") == ["factor"]
     assert set(run._spaces("ties")) == {"factor", "core"}
+
+
+def test_quick_runs_the_committed_demo_specialists_at_their_own_rank() -> None:
+    import json
+
+    regime = run.demo_regime()
+    assert regime.modalities and all((run.DEMO / m / "adapter_model.safetensors").is_file() for m in regime.modalities)
+    config = json.loads((run.DEMO / regime.modalities[0] / "adapter_config.json").read_text())
+    assert regime.rank == config["r"]
