@@ -27,7 +27,7 @@ from ssam_cli.methods.base import MergeContext, MergeResult, MethodSpec, Prepass
 from ssam_cli.outputs import FORMATS
 from ssam_cli.outputs.base import OutputFormat
 from ssam_cli.plan import Plan, PlannedTensor, Role, build_plan
-from ssam_cli.provenance import manifest_of
+from ssam_cli.provenance import hash_inputs_in_background, manifest_of
 from ssam_cli.recipe import Recipe
 from ssam_cli.seeds import tensor_seed
 from ssam_cli.spaces import merge_in_space
@@ -88,6 +88,7 @@ def run_merge(p: Prepared, *, overwrite: bool = False, device: Optional[str] = N
     """
     started = time.perf_counter()
     plan = schedule(p.plan, pick_device(device or p.recipe.device), threads)
+    hash_inputs_in_background(p)  # the manifest's input hashes, read while the merge runs
     spectrum = lowrank_only(p.plan) if spectrum is None else spectrum
     stats: dict[str, dict[str, Any]] = {}
     spectra: list[Any] = []
