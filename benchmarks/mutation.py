@@ -144,8 +144,12 @@ MUTANTS: list[Mutant] = [
     # plan
     m("plan-average-ignored", "elif len(info.shape) == 2 and not matches(name, average):",
       "elif len(info.shape) == 2:", "tests/test_plan.py tests/test_engine.py", "modules.average ignored"),
-    m("plan-keep-ignored", 'if matches(key, keep) or src.kind == "modelcompose":', 'if src.kind == "modelcompose":',
-      "tests/test_plan.py tests/test_engine.py", "modules.keep ignored for a specialist's tensors"),
+    m("plan-keep-ignored-full", "if matches(key, keep) or (target is None and not mapping.identity):",
+      "if target is None and not mapping.identity:", "tests/test_plan.py tests/test_engine.py tests/test_kept_tensors.py",
+      "modules.keep ignored for a full checkpoint's tensors"),
+    m("plan-keep-ignored-saved", 'if matches(key, keep) or src.kind == "modelcompose":', 'if src.kind == "modelcompose":',
+      "tests/test_plan.py tests/test_kept_tensors.py", "modules.keep ignored for an adapter's saved tensors "
+      "(modules_to_save)"),
     m("plan-ambiguous-suffix", "return hits[0] if len(hits) == 1 else None", "return hits[0] if hits else None",
       "tests/test_plan.py tests/test_adapter_pairing.py", "an adapter key matching two base weights paired with one",
       quick=True),
