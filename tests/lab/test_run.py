@@ -45,7 +45,7 @@ def _seed(single: float, combined: float) -> dict:
 def test_quick_failures_flag_merges_near_chance_only() -> None:
     assert run.quick_failures(_seed(0.9, 0.8)) == []
     failures = run.quick_failures(_seed(0.4, 0.3))
-    assert len(failures) == len(run.MODALITIES) + 1 and all(f.startswith("ssam (default)") for f in failures)
+    assert len(failures) == len(run.PERCEPTUAL) + 1 and all(f.startswith("ssam (default)") for f in failures)
 
 
 def test_space_is_part_of_the_label_except_the_default_dense() -> None:
