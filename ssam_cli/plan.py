@@ -104,9 +104,10 @@ def matches(name: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def map_to_base(name: str, base: dict[str, TensorInfo]) -> Optional[str]:
+def map_to_base(name: str, base: dict[str, TensorInfo], where: str = "") -> Optional[str]:
     """The base tensor an adapter key names: exact, else after dropping leading wrapper parts, else a unique
-    base name ending with it (PEFT wraps base names in prefixes that depend on the model class)."""
+    base name ending with it (PEFT wraps base names in prefixes that depend on the model class). A key that ends
+    several base names is an error naming them (`where`: whose key it is), never a guess."""
     if name in base:
         return name
     parts = name.split(".")
@@ -114,7 +115,10 @@ def map_to_base(name: str, base: dict[str, TensorInfo]) -> Optional[str]:
         if ".".join(parts[i:]) in base:
             return ".".join(parts[i:])
     hits = [b for b in base if b.endswith("." + name)]
-    return hits[0] if len(hits) == 1 else None
+    if len(hits) > 1:
+        raise InputError(f"{where}: {name} fits {len(hits)} weights of the base ({', '.join(hits[:3])}"
+                         f"{', …' if len(hits) > 3 else ''}); name the module in full")
+    return hits[0] if hits else None
 
 
 def build_plan(base: Source, specialists: Sequence[NamedSource], keep: Sequence[str] = (),
@@ -142,7 +146,7 @@ def build_plan(base: Source, specialists: Sequence[NamedSource], keep: Sequence[
         else:
             _pair_saved(index, named, base, keep, contributions, kept, where)
         for key, info in src.lowrank.items():
-            target = map_to_base(key, base_infos)
+            target = map_to_base(key, base_infos, where)
             if target is None:
                 raise InputError(f"{where}: LoRA target {key} matches no weight of the base ({base.path})")
             if matches(target, keep):
@@ -226,7 +230,7 @@ def _pair_saved(index: int, named: NamedSource, base: Source, keep: Sequence[str
         if matches(key, keep) or src.kind == "modelcompose":
             kept.append(KeptTensor(named.name, key, info.shape, info.dtype))
             continue
-        target = map_to_base(key, base.tensors)
+        target = map_to_base(key, base.tensors, where)
         if target is None:
             raise InputError(f"{where}: tensor {key} is not in the base ({base.path}); if it is "
                              "modality-specific, add a pattern for it to modules.keep")

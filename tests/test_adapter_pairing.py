@@ -55,3 +55,4 @@ def test_a_key_that_fits_two_weights_is_a_one_line_error(tmp_path):
                          env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"})
     assert out.returncode == 2, out.stdout + out.stderr
     assert out.stderr.count("\n") == 1 and "self_attn.q_proj.weight" in out.stderr and "specialist 'one'" in out.stderr
+    assert "fits 2 weights of the base (model.layers.0.self_attn.q_proj.weight, model.layers.1.self_attn" in out.stderr
