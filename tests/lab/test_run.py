@@ -59,10 +59,12 @@ def test_spaces_are_the_non_dense_ones_each_method_supports() -> None:
     assert set(run._spaces("ties")) == {"factor", "core"}
 
 
-def test_quick_runs_the_committed_demo_specialists_at_their_own_rank() -> None:
+def test_quick_runs_committed_low_interference_specialists_at_their_own_rank() -> None:
     import json
 
-    regime = run.demo_regime()
-    assert regime.modalities and all((run.DEMO / m / "adapter_model.safetensors").is_file() for m in regime.modalities)
-    config = json.loads((run.DEMO / regime.modalities[0] / "adapter_config.json").read_text())
-    assert regime.rank == config["r"]
+    regime = run.folder_regime(run.QUICK_SPECIALISTS, "quick")
+    assert regime.modalities == run.PERCEPTUAL
+    config = json.loads((run.QUICK_SPECIALISTS / "image" / "adapter_config.json").read_text())
+    assert regime.rank == config["r"] == 8
+    demo = run.folder_regime(run.DEMO, "demo")  # the demo: the interfering regime's four
+    assert demo.modalities == run.MODALITIES and demo.rank == run.REGIMES["interfering"].rank
