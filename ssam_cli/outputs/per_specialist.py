@@ -30,6 +30,7 @@ class PerSpecialistOutput(FullOutput):
     name = "per_specialist"
     summary = ("the full checkpoint, plus one folder per specialist that loads with its own class: its config, "
                "processor files and towers, and the merged decoder under its names")
+    kept_where = "modalities/<name>.safetensors and in <name>/ beside the merged decoder"
 
     def check(self) -> None:
         super().check()
@@ -45,7 +46,7 @@ class PerSpecialistOutput(FullOutput):
     def specialist_specs(self, name: str) -> list[TensorSpec]:
         """The specialist folder's tensors: the merged decoder under its names (plan order), then its own."""
         plan, mapping = self.prepared.plan, self.prepared.plan.decoders[name]
-        decoder = [TensorSpec(mapping(t.name), t.shape, self.out_dtype(t)) for t in plan.tensors]
+        decoder = [TensorSpec(mapping(t.name), t.shape, self.out_dtype(t)) for t in plan.tensors if t.in_base]
         return decoder + [TensorSpec(k.key, k.shape, k.dtype) for k in plan.kept if k.specialist == name]
 
     def open(self, folder: Path) -> None:
