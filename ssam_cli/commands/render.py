@@ -40,12 +40,10 @@ def plan_table(p: "Prepared") -> Table:
     }
     for role in Role:
         table.add_row(role.value, str(p.plan.count(role)), what[role])
-    out = sum(_numel(t.shape) * p.output.out_dtype(t).itemsize for t in p.output.streamed())
-    out += sum(_numel(k.shape) * k.dtype.itemsize for k in p.plan.kept)
     if p.output.lowrank_only:
         table.caption = "output size: rank-dependent (about (d_out + d_in)·k per merged weight)"
     else:
-        table.caption = f"estimated output size: {human_bytes(out)}"
+        table.caption = f"estimated output size: {human_bytes(p.output.estimated_bytes())}"
     kinds = ", ".join(f"{n.name} ({n.source.kind})" for n in p.inputs.specialists)
     table.caption += f"\nspecialists: {kinds}"
     base = p.inputs.base.describe()
@@ -85,10 +83,3 @@ def summary_table(result: "RunResult") -> Table:
     table.add_row("peak memory (RSS)", f"{s['peak_rss_mb']:.0f} MB")
     table.add_row("output size", human_bytes(s["output_bytes"]))
     return table
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n

@@ -6,6 +6,7 @@ folder, fed every streamed tensor in plan order, finished (its files and manifes
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +91,13 @@ class OutputFormat(ABC):
 
         wanted = self.recipe.output.dtype
         return t.dtype if wanted == "auto" or not t.dtype.is_floating_point else OUTPUT_DTYPES[wanted]
+
+    def estimated_bytes(self) -> int:
+        """What the weight files will hold, from the plan: every streamed tensor in its output dtype and every
+        kept tensor as stored (for the plan table; low-rank formats depend on the merged ranks)."""
+        plan = self.prepared.plan
+        streamed = sum(math.prod(t.shape) * self.out_dtype(t).itemsize for t in self.streamed())
+        return streamed + sum(math.prod(k.shape) * k.dtype.itemsize for k in plan.kept)
 
     @abstractmethod
     def materialize(self, t: PlannedTensor, base: Optional[torch.Tensor], delta: Delta) -> Any:

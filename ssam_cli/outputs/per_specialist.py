@@ -43,6 +43,11 @@ class PerSpecialistOutput(FullOutput):
                 raise UserError(f"{self.where}: specialist name '{named.name}' is also a file or folder of the merged "
                                 "checkpoint; rename the specialist")
 
+    def estimated_bytes(self) -> int:
+        """The full checkpoint plus each specialist's folder (the merged decoder again, and its own tensors)."""
+        folders = sum(s.nbytes for named in self.prepared.inputs.specialists for s in self.specialist_specs(named.name))
+        return super().estimated_bytes() + folders
+
     def specialist_specs(self, name: str) -> list[TensorSpec]:
         """The specialist folder's tensors: the merged decoder under its names (plan order), then its own."""
         plan, mapping = self.prepared.plan, self.prepared.plan.decoders[name]
