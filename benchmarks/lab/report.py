@@ -146,7 +146,7 @@ def _ablation_table(results: dict[str, Any]) -> list[str]:
              "| k | k / Σr | single avg | combined avg |", "|---|---|---|---|"]
     for k in ranks:
         single = [single_mean(s["rank_ablation"][k]) for s in seeds]
-        comb = [float(np.mean(list(s["rank_ablation"][k]["combined"].values()))) for s in seeds]
+        comb = [float(np.mean(list(c.values()))) for s in seeds if (c := s["rank_ablation"][k]["combined"])]
         lines.append(f"| {k} | {int(k) / total:.2f} | {_cell(single)} | {_cell(comb)} |")
     return lines
 
