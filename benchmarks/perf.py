@@ -310,7 +310,8 @@ def work_hand(base: str, out: str, *folders: str) -> dict[str, Any]:
 
 
 def work_compare(ours: str, theirs: str) -> dict[str, Any]:
-    """Max |ours − theirs| (and relative to max |theirs|) over every tensor both hold, as float64."""
+    """Max |ours − theirs| over every tensor both hold, as float64, for the matrices (2-D) and for all tensors
+    apart (ssam averages 1-D tensors such as norms, which mergekit merges like the rest), with max |theirs|."""
     from safetensors import safe_open
 
     def index(path: Path) -> dict[str, Path]:
@@ -318,14 +319,16 @@ def work_compare(ours: str, theirs: str) -> dict[str, Any]:
         return {k: f for f in files for k in safe_open(str(f), "pt").keys()}
 
     a, b = index(Path(ours)), index(Path(theirs))
-    worst, scale, compared = 0.0, 0.0, 0
+    worst, worst_2d, scale, compared = 0.0, 0.0, 0.0, 0
     for key in sorted(set(a) & set(b)):
         with safe_open(str(a[key]), "pt") as fa, safe_open(str(b[key]), "pt") as fb:
             x, y = fa.get_tensor(key).double(), fb.get_tensor(key).double()
-        worst = max(worst, float((x - y).abs().max()))
+        diff = float((x - y).abs().max())
+        worst = max(worst, diff)
+        worst_2d = max(worst_2d, diff) if x.ndim == 2 else worst_2d
         scale = max(scale, float(y.abs().max()))
         compared += 1
-    return {"max_abs_diff": worst, "max_abs": scale, "tensors_compared": compared,
+    return {"max_abs_diff_2d": worst_2d, "max_abs_diff": worst, "max_abs": scale, "tensors_compared": compared,
             "only_in_one": sorted(set(a) ^ set(b))[:10]}
 
 

@@ -43,7 +43,10 @@ def test_hand_loop_is_the_float64_sum_and_the_comparison_sees_it(inputs, tmp_pat
         want += LoraAdapter(a).read_lowrank(name).dense().double()
     assert float((got - want).norm() / want.norm()) < 2.0**-8
     same = perf.work_compare(str(out), str(out))
-    assert same["max_abs_diff"] == 0.0 and same["tensors_compared"] == len(mc.base_tensors(SHAPES, 1))
+    assert same["max_abs_diff"] == same["max_abs_diff_2d"] == 0.0
+    assert same["tensors_compared"] == len(mc.base_tensors(SHAPES, 1))
+    other = perf.work_compare(str(out), str(index[name].parent))  # the base: differs by the merged updates only
+    assert 0.0 < other["max_abs_diff_2d"] == other["max_abs_diff"]
 
 
 def test_floor_reads_every_weight_in_both_precisions(inputs):
