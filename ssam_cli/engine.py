@@ -100,7 +100,7 @@ def run_merge(p: Prepared, *, overwrite: bool = False, device: Optional[str] = N
             prepass = run_prepass(p, plan.device, progress)
             read = lambda t: read_inputs(p.inputs, t, need_base=fmt.reads_base_weights)  # noqa: E731
             work = lambda loaded: compute(p, loaded, plan.device, prepass, spectrum)  # noqa: E731
-            for done in stream(fmt.streamed(), read, work, plan.workers, progress):
+            for done in stream(fmt.streamed(), read, work, plan.workers, progress, devices=plan.devices):
                 fmt.take(done.tensor, done.value)
                 stats[done.tensor.name] = done.entry
                 if done.spectrum is not None:

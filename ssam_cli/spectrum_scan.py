@@ -49,7 +49,7 @@ def scan(p: "Prepared", layers: Optional[Callable[[int], bool]] = None,
 
     with torch_threads(plan.threads), progress_bar(show_progress) as progress:
         read = lambda t: read_inputs(p.inputs, t, need_base=False)  # noqa: E731
-        report.weights.extend(stream(todo, read, analyse, plan.workers, progress, "spectra"))
+        report.weights.extend(stream(todo, read, analyse, plan.workers, progress, "spectra", devices=plan.devices))
     capped = sum(w.k_used < w.k_requested for w in report.weights)
     if capped:
         report.notes.append(f"{capped} weight(s) have a numerical rank below k: SSAM caps k there (k used)")

@@ -241,3 +241,22 @@ def test_two_merge_workers_write_exactly_what_one_writes_in_plan_order(tiny):
     assert serial.manifest.workers == 1
     assert (serial.output / "adapter_model.safetensors").read_bytes() == first
     assert list(serial.manifest.tensors) == order
+
+
+def test_a_merge_spreads_over_every_device_the_schedule_names_and_writes_the_same_adapter(tiny, monkeypatch):
+    """Two CPU devices stand in for two GPUs: each worker is bound to one, the adapter equals a one-worker merge."""
+    import ssam_cli.engine as engine_module
+    import ssam_cli.stream as stream_module
+    from ssam_cli.stream import Schedule
+
+    r = write_recipe(tiny / "recipe.yaml", tiny / "base", [(n, tiny / n) for n in ("a", "b")],
+                     parameters={"rank": 3}, output={"path": "out", "format": "lora"})
+    serial = (api.merge(r, overwrite=True, threads=1).output / "adapter_model.safetensors").read_bytes()
+    devices = (torch.device("cpu", 0), torch.device("cpu", 1))
+    bound: list[torch.device] = []
+    monkeypatch.setattr(stream_module, "bind_device", bound.append)
+    monkeypatch.setattr(engine_module, "schedule",
+                        lambda plan, device, threads=None: Schedule(torch.device("cpu"), 2, 1, devices))
+    spread = api.merge(r, overwrite=True)
+    assert sorted(bound, key=str) == list(devices)
+    assert (spread.output / "adapter_model.safetensors").read_bytes() == serial
