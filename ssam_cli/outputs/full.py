@@ -3,7 +3,6 @@ merged ones as W_0 + Δ, with the base's config and tokenizer files and the moda
 
 from __future__ import annotations
 
-import math
 from typing import Any, Optional
 
 import torch
@@ -35,9 +34,7 @@ class FullOutput(OutputFormat):
             merged = torch.addmm(base, delta.B, delta.A, alpha=delta.scale) if delta.rank else base
         else:
             merged = base + delta.dense()
-        if not math.isfinite(float(merged.sum())):  # 25× cheaper than isfinite(·).all() on 11008 × 4096; a
-            merged_finite(t.name, merged)           # non-finite sum may be an overflow of finite values: the rule decides
-        return merged.to("cpu", self.out_dtype(t))
+        return merged_finite(t.name, merged).to("cpu", self.out_dtype(t))
 
     def open(self, folder) -> None:
         super().open(folder)
