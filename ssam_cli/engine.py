@@ -88,13 +88,13 @@ def run_merge(p: Prepared, *, overwrite: bool = False, device: Optional[str] = N
     """
     started = time.perf_counter()
     plan = schedule(p.plan, pick_device(device or p.recipe.device), threads)
-    hash_inputs_in_background(p)  # the manifest's input hashes, read while the merge runs
     spectrum = lowrank_only(p.plan) if spectrum is None else spectrum
     stats: dict[str, dict[str, Any]] = {}
     spectra: list[Any] = []
     fmt = p.output
     # Entering the atomic folder checks the target and takes its lock, released on every way out.
     with torch_threads(plan.threads), AtomicFolder(p.recipe.output_path, overwrite) as folder:
+        hash_inputs_in_background(p)  # the manifest's input hashes, read while the merge runs (target checked)
         fmt.open(folder)
         with progress_bar(show_progress) as progress:
             prepass = run_prepass(p, plan.device, progress)

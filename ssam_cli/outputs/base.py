@@ -35,8 +35,7 @@ class Finished:
 
 class OutputFormat(ABC):
     """One output format. `reads_base_weights`: whether the merge must read the base's weights for it;
-    `lowrank_only`: whether it holds only low-rank updates (then every change must be a LoRA merge whose
-    method, in the recipe's space, produces low-rank updates)."""
+    `lowrank_only`: whether it holds only low-rank updates (a LowRankOutput)."""
 
     name: ClassVar[str]
     summary: ClassVar[str]
@@ -51,22 +50,8 @@ class OutputFormat(ABC):
         self.shared: dict[str, torch.Tensor] = {}  # shared tensors' averages, by name (see take)
 
     def check(self) -> None:
-        """Refuse, before any tensor is read, a plan this format cannot hold (UserError naming the field)."""
-        if not self.lowrank_only:
-            return
-        p, where = self.prepared, self.where
-        for t in p.plan.tensors:
-            if t.in_base and (t.role is Role.AVERAGE or any(c.kind == "full" for c in t.contributions)):
-                who = p.inputs.specialists[t.contributions[0].index].name
-                raise UserError(f"{where}: tensor {t.name} is changed in full by specialist '{who}'; a {self.name} "
-                                "output holds only low-rank updates of LoRA specialists; use format: full")
-            spec = p.method
-            if t.role is Role.MERGE and not produces_lowrank(spec, t.space, t.params):
-                raise UserError(f"{where}: method {spec.name} in space {t.space} does not produce low-rank "
-                                f"updates (at {t.name}); use format: full"
-                                + (", or space: core" if "core" in spec.spaces else ""))
-        if not p.plan.of_role(Role.MERGE):
-            raise UserError(f"{where}: no weight to merge")
+        """Refuse, before any tensor is read, a plan this format cannot hold (UserError naming the field); a format
+        that holds every tensor refuses nothing."""
 
     @property
     def where(self) -> str:
@@ -119,12 +104,40 @@ class OutputFormat(ABC):
         """Read the written headers back: exactly what the plan promised, or RuntimeError."""
 
 
-def lowrank_value(t: PlannedTensor, delta: Delta, method: str) -> Optional[LowRankDelta]:
-    """A low-rank format's value: the update itself (finite), None at rank 0."""
-    if not isinstance(delta, LowRankDelta):
-        raise UserError(f"{t.name}: method {method} returned a dense update; use output.format: full")
-    if not delta.rank:
-        return None
-    merged_finite(t.name, delta.B)
-    merged_finite(t.name, delta.A)
-    return delta
+class LowRankOutput(OutputFormat):
+    """A format holding only low-rank updates, written by a writer that takes them by `add(name, LowRankDelta)`:
+    every change must be a LoRA merge whose method, in the tensor's space, produces low-rank updates; no base
+    weight is read."""
+
+    reads_base_weights = False
+    lowrank_only = True
+    writer: Any  # set by open(): LoraAdapterWriter, ModelComposeWriter
+
+    def check(self) -> None:
+        p, where = self.prepared, self.where
+        for t in p.plan.tensors:
+            if t.in_base and (t.role is Role.AVERAGE or any(c.kind == "full" for c in t.contributions)):
+                who = p.inputs.specialists[t.contributions[0].index].name
+                raise UserError(f"{where}: tensor {t.name} is changed in full by specialist '{who}'; a {self.name} "
+                                "output holds only low-rank updates of LoRA specialists; use format: full")
+            spec = p.method
+            if t.role is Role.MERGE and not produces_lowrank(spec, t.space, t.params):
+                raise UserError(f"{where}: method {spec.name} in space {t.space} does not produce low-rank "
+                                f"updates (at {t.name}); use format: full"
+                                + (", or space: core" if "core" in spec.spaces else ""))
+        if not p.plan.of_role(Role.MERGE):
+            raise UserError(f"{where}: no weight to merge")
+
+    def materialize(self, t: PlannedTensor, base: Optional[torch.Tensor], delta: Delta) -> Any:
+        """The update itself (finite), None at rank 0."""
+        if not isinstance(delta, LowRankDelta):
+            raise UserError(f"{t.name}: method {self.recipe.method} returned a dense update; use output.format: full")
+        if not delta.rank:
+            return None
+        merged_finite(t.name, delta.B)
+        merged_finite(t.name, delta.A)
+        return delta
+
+    def accept(self, t: PlannedTensor, value: Any) -> None:
+        if value is not None:
+            self.writer.add(t.name, value)

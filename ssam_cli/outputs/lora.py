@@ -2,35 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
-
 import torch
 
-from ssam_cli.deltas import Delta
 from ssam_cli.dtypes import OUTPUT_DTYPES
-from ssam_cli.outputs.base import Finished, OutputFormat, lowrank_value
+from ssam_cli.outputs.base import Finished, LowRankOutput
 from ssam_cli.outputs.modality_files import read_shapes, write_modality_files
-from ssam_cli.plan import PlannedTensor
 from ssam_cli.writers.lora import WEIGHTS, LoraAdapterWriter
 
 
-class LoraOutput(OutputFormat):
+class LoraOutput(LowRankOutput):
     name = "lora"
     summary = "a PEFT LoRA adapter on the base (exact factors of each merged update; no base weight read)"
-    reads_base_weights = False
-    lowrank_only = True
-
-    def materialize(self, t: PlannedTensor, base: Optional[torch.Tensor], delta: Delta) -> Any:
-        return lowrank_value(t, delta, self.recipe.method)
 
     def open(self, folder) -> None:
         super().open(folder)
         dtype = OUTPUT_DTYPES.get(self.recipe.output.dtype, torch.bfloat16)
         self.writer = LoraAdapterWriter(folder, dtype, base_model=self.recipe.as_run()["base"]["path"])
-
-    def accept(self, t: PlannedTensor, value: Any) -> None:
-        if value is not None:
-            self.writer.add(t.name, value)
 
     def finish(self) -> Finished:
         assert self.folder is not None

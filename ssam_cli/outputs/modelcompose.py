@@ -3,23 +3,15 @@ loader reads: the merged `default` LoRAs beside every specialist's projector, to
 
 from __future__ import annotations
 
-from typing import Any, Optional
-
-import torch
-
-from ssam_cli.deltas import Delta
 from ssam_cli.dtypes import OUTPUT_DTYPES
 from ssam_cli.errors import UserError
-from ssam_cli.outputs.base import Finished, OutputFormat, lowrank_value
-from ssam_cli.plan import PlannedTensor
+from ssam_cli.outputs.base import Finished, LowRankOutput
 from ssam_cli.writers.modelcompose import ModelComposeWriter, check_composition
 
 
-class ModelComposeOutput(OutputFormat):
+class ModelComposeOutput(LowRankOutput):
     name = "modelcompose"
     summary = "a composed ModelCompose model (DAMC / NaiveMC specialists), loadable by its load_pretrained_model"
-    reads_base_weights = False
-    lowrank_only = True
     kept_where = "the composed adapter_model.bin"
 
     def check(self) -> None:
@@ -29,17 +21,10 @@ class ModelComposeOutput(OutputFormat):
             raise UserError(f"{self.where}: {e}") from None
         super().check()
 
-    def materialize(self, t: PlannedTensor, base: Optional[torch.Tensor], delta: Delta) -> Any:
-        return lowrank_value(t, delta, self.recipe.method)
-
     def open(self, folder) -> None:
         super().open(folder)
         out = self.recipe.output
         self.writer = ModelComposeWriter(folder, self.composition, OUTPUT_DTYPES.get(out.dtype))
-
-    def accept(self, t: PlannedTensor, value: Any) -> None:
-        if value is not None:
-            self.writer.add(t.name, value)
 
     def finish(self) -> Finished:
         files = self.writer.close(self.shared)
