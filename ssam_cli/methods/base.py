@@ -42,7 +42,7 @@ class AutoScaledParams(ScaledParams):
 
     lam: Optional[Union[float, Literal["auto"]]] = Field(
         default=None, alias="lambda",
-        description="scale of the merged vector, or auto: min(1, Σ‖PΔ_i‖² / ‖Σ PΔ_i‖²) per weight")
+        description="scale of the merged vector, or auto: min(1, ‖ΣΔ_i‖ / (n‖ΣPΔ_i‖)) per weight (the mean's norm)")
 
 
 @dataclass
@@ -121,18 +121,20 @@ class MethodSpec:
     prepass: Optional[Prepass] = None
 
 
-def auto_lambda(own_energy: float, merged_energy: float) -> float:
-    """`lambda: auto`: λ = min(1, Σ_i ‖PΔ_i‖²_F / ‖Σ_i PΔ_i‖²_F) for one weight, from the (weighted) updates alone.
+def auto_lambda(sum_norm: float, merged_norm: float, n: int) -> float:
+    """`lambda: auto` for one weight, from the (weighted) updates alone: λ = min(1, ‖Σ_i w_iΔ_i‖_F / (n ‖Σ_i P(w_iΔ_i)‖_F)),
+    so that the merged update λ·ΣPΔ_i is as large as the plain mean update (1/n)·ΣΔ_i.
 
-    P is the method's map before scaling (identity for task arithmetic, the consensus projection for SSAM).
-    It is the λ at which the merged update λ·ΣPΔ_i holds, summed over specialists, each one's own update at full
-    strength: Σ_i ⟨λ ΣPΔ_j, PΔ_i⟩ = Σ_i ‖PΔ_i‖². So λ = 1/(1 + (n−1)ρ) with ρ the energy-weighted mean pairwise
-    alignment ⟨PΔ_i, PΔ_j⟩: 1 (a plain sum) for orthogonal updates, 1/n (the mean) for identical ones, and
-    never below 1/n (Cauchy–Schwarz). It is capped at 1, so opposed updates are not amplified; a zero merged
-    update gets 1 (there is nothing to scale)."""
-    if merged_energy <= 0.0:
-        return 1.0
-    return min(1.0, own_energy / merged_energy)
+    P is the method's map before scaling (identity for task arithmetic, which makes λ = 1/n; the consensus projection
+    for SSAM, where λ restores the norm the projection dropped). Why the mean's norm: for inputs in every direction,
+    the scale c minimising Σ_i ‖cΣ_jΔ_j − Δ_i‖²_F (each specialist's own layer output kept as well as one update
+    can) is c = 1/n whatever the updates' overlap: orthogonal weights are not orthogonal effects, each update acts
+    on every specialist's inputs. The lab measured it (docs/lab.md): updates there are nearly orthogonal, yet every
+    λ ≥ 0.35 sent the four-specialist sum to chance. Capped at 1 (never more than the plain projected sum); a zero
+    projected sum gets 1/n (there is nothing to scale)."""
+    if merged_norm <= 0.0:
+        return 1.0 / n
+    return min(1.0, sum_norm / (n * merged_norm))
 
 
 def resolve_lambda(lam: Optional[float], n: int, default_is_mean: bool) -> float:

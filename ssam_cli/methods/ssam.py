@@ -67,10 +67,10 @@ def merge(deltas: Sequence[Delta], weights: Sequence[float], params: SsamParams,
 
 
 def _auto_lambda(weighted: Sequence[Delta], U: torch.Tensor, V: torch.Tensor, C: torch.Tensor) -> float:
-    """`lambda: auto` with P the consensus projection: ‖PΔ_i‖_F = ‖U_cᵀΔ_iV_c‖_F (orthonormal bases), so the
-    rule needs one k × k projection per specialist and C = U_cᵀSV_c, which merge has already."""
-    own = sum(float(torch.linalg.vector_norm(project_sum([d], U, V).double())) ** 2 for d in weighted)
-    return auto_lambda(own, float(torch.linalg.vector_norm(C.double())) ** 2)
+    """`lambda: auto` with P the consensus projection: ‖ΣPΔ_i‖_F = ‖C‖_F with C = U_cᵀSV_c (orthonormal bases),
+    which merge has already; ‖S‖_F goes through the factors' Grams when the inputs are low-rank."""
+    sum_norm = frobenius_norm(weighted_sum(weighted, [1.0] * len(weighted)))
+    return auto_lambda(sum_norm, float(torch.linalg.vector_norm(C.double())), len(weighted))
 
 
 def _bases(weighted: Sequence[Delta], params: SsamParams, ctx: MergeContext) -> tuple[ConsensusBases, str]:

@@ -13,9 +13,9 @@ class TaskArithmeticParams(AutoScaledParams):
 
 
 def merge(deltas: Sequence[Delta], weights: Sequence[float], params: TaskArithmeticParams, ctx: MergeContext) -> MergeResult:
-    if params.lam == AUTO:  # P = identity: Σ‖w_iΔ_i‖² against ‖S‖², each through the factors' Grams when low-rank
-        own = sum(frobenius_norm(d.scaled(w)) ** 2 for d, w in zip(deltas, weights))
-        lam = auto_lambda(own, frobenius_norm(weighted_sum(deltas, list(weights))) ** 2)
+    if params.lam == AUTO:  # P = identity: the merged update's norm is the sum's, so the rule gives 1/n
+        norm = frobenius_norm(weighted_sum(deltas, list(weights)))
+        lam = auto_lambda(norm, norm, ctx.n_specialists)
     else:
         lam = resolve_lambda(params.lam, ctx.n_specialists, default_is_mean=False)
     merged = weighted_sum(deltas, [w * lam for w in weights])
