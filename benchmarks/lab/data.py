@@ -168,16 +168,20 @@ def points_data() -> ModalityData:
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 OPERATORS = {"plus": 1, "+": 1, "minus": -1, "-": -1}
+# The second operand: 0, 1 or 2. With every b in 0…9 (110 facts) the text specialist stayed at chance within the
+# lab's budget (train loss flat at chance for 300 steps, LoRA lr 2e-3 to 1e-2); with b ≤ 2 (54 facts) the low
+# regime's 150 steps at rank 8 reach ~63 % on test (chance ≈ 37 %).
+SECOND_OPERANDS = (0, 1, 2)
 
 
 def expressions() -> list[tuple[str, int]]:
-    """Every `a op b` with a, b, a op b in 0…9, each operand as a word or a numeral and op spelled as a word or a
-    sign: 110 sums and differences × 8 spellings = 880 strings, with their value."""
+    """Every `a op b` with a and a op b in 0…9 and b in SECOND_OPERANDS, each operand as a word or a numeral and
+    op spelled as a word or a sign: 54 sums and differences × 8 spellings = 432 strings, with their value."""
     spell = (lambda d: DIGIT_WORDS[d], str)
     out = []
     for op, sign in OPERATORS.items():
         for a in range(10):
-            for b in range(10):
+            for b in SECOND_OPERANDS:
                 if 0 <= a + sign * b <= 9:
                     out += [(f"{fa(a)} {op} {fb(b)}", a + sign * b) for fa in spell for fb in spell]
     return out
