@@ -37,8 +37,15 @@ def _gather(results: dict[str, Any], row: str, pick) -> list[float]:
 
 def _rows(results: dict[str, Any], single: bool = False) -> list[str]:
     """Row names in order; with `single`, only rows that have single-modality scores (not late fusion)."""
-    first = next(iter(results["seeds"].values()))
-    return [r for r, res in first["rows"].items() if res["single"] or not single]
+    names: dict[str, None] = {}  # every seed's rows, in order of first appearance (some rows run on some seeds)
+    for seed in results["seeds"].values():
+        names.update(dict.fromkeys(seed["rows"]))
+    return [r for r in names if _row(results, r)["single"] or not single]
+
+
+def _row(results: dict[str, Any], row: str) -> dict[str, Any]:
+    """The row's result in the first seed that has it."""
+    return next(s["rows"][row] for s in results["seeds"].values() if row in s["rows"])
 
 
 def _mods(results: dict[str, Any]) -> tuple[str, ...]:
@@ -54,7 +61,7 @@ def _single_table(results: dict[str, Any]) -> list[str]:
         for mod in mods:
             cells.append(_cell(_gather(results, row, lambda r, m=mod: float(np.mean(list(r["single"][m].values())))
                                        if m in r["single"] else None)))
-        has_all = all(m in next(iter(results["seeds"].values()))["rows"][row]["single"] for m in mods)
+        has_all = all(m in _row(results, row)["single"] for m in mods)
         cells.append(_cell(_gather(results, row, single_mean)) if has_all else "—")
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return lines
@@ -75,8 +82,7 @@ def _qtype_table(results: dict[str, Any]) -> list[str]:
 def _combined_table(results: dict[str, Any]) -> list[str]:
     lines = ["| model | " + " | ".join(COMBOS) + " | avg |", "|---" * (len(COMBOS) + 2) + "|"]
     for row in _rows(results):
-        first = next(iter(results["seeds"].values()))["rows"][row]
-        if not first["combined"]:
+        if not _row(results, row)["combined"]:
             continue
         cells = [_cell(_gather(results, row, lambda r, c=c: r["combined"][c])) for c in COMBOS]
         cells.append(_cell(_gather(results, row, lambda r: float(np.mean(list(r["combined"].values()))))))
@@ -94,7 +100,7 @@ def _complementary_table(results: dict[str, Any]) -> list[str]:
              "| model | " + " | ".join(f"{c} alone" if "+" not in c else c for c in cols) + " | avg combined |",
              "|---" * (len(cols) + 2) + "|"]
     for row in _rows(results):
-        if "complementary" not in first["rows"][row]:
+        if "complementary" not in _row(results, row):
             continue
         cells = [_cell(_gather(results, row, lambda r, c=c: r["complementary"].get(c))) for c in cols]
         cells.append(_cell(_gather(results, row, lambda r: float(np.mean([r["complementary"][c] for c in COMBOS]))
@@ -174,11 +180,10 @@ def _main_table(results: dict[str, Any]) -> list[str]:
     mods = _mods(results)
     head = [*mods, "avg", *COMBOS, "complementary", "retention"]
     lines = ["| model | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
-    first = next(iter(results["seeds"].values()))["rows"]
     for row in _rows(results):
         cells = [_cell(_gather(results, row, lambda r, m=m: float(np.mean(list(r["single"][m].values())))
                                if m in r["single"] else None)) for m in mods]
-        has_all = all(m in first[row]["single"] for m in mods)
+        has_all = all(m in _row(results, row)["single"] for m in mods)
         cells.append(_cell(_gather(results, row, single_mean)) if has_all else "—")
         cells += [_cell(_gather(results, row, lambda r, c=c: r["combined"].get(c))) for c in COMBOS]
         cells.append(_cell(_gather(results, row, lambda r: _mean_of(r.get("complementary") or {}, COMBOS))))
@@ -197,6 +202,27 @@ def _lambda_table(results: dict[str, Any]) -> list[str]:
             u = np.asarray(used)
             lines.append(f"| {row} | {u[:, 1].mean():.3f} ({u[:, 0].min():.3f}–{u[:, 2].max():.3f}) |")
     return lines if len(lines) > 2 else []
+
+
+def _curve_table(results: dict[str, Any]) -> list[str]:
+    """The validation λ curve: per method (and k) the mean single-modality validation accuracy at every λ of the
+    grid, mean ± std over seeds; the data the val-tuned rows chose from and `lambda: auto` is judged against."""
+    cells: dict[str, dict[float, list[float]]] = {}
+    for s in results["seeds"].values():
+        for method, points in (s.get("val_curve") or {}).items():
+            for pt in points:
+                p = pt["params"]
+                if "lambda" not in p:
+                    continue
+                row = method + (f" (k = {p['rank']})" if "rank" in p else "")
+                cells.setdefault(row, {}).setdefault(round(p["lambda"], 4), []).append(pt["single"])
+    if not cells:
+        return []
+    lams = sorted({lam for by in cells.values() for lam in by})
+    lines = ["| method | " + " | ".join(f"λ = {lam:.3g}" for lam in lams) + " |", "|---" * (len(lams) + 1) + "|"]
+    for row, by in cells.items():
+        lines.append(f"| {row} | " + " | ".join(_cell(by.get(lam, [])) for lam in lams) + " |")
+    return lines
 
 
 def _choosing_k(results: dict[str, Any]) -> list[str]:
@@ -271,6 +297,11 @@ def _regime_markdown(name: str, results: dict[str, Any]) -> list[str]:
     choosing = _choosing_k(results)
     if choosing:
         out += [f"{sub}Choosing k from the spectrum", "", *choosing, ""]
+    curve = _curve_table(results)
+    if curve:
+        out += [f"{sub}The λ curve on the validation split", "",
+                "Mean single-modality accuracy on validation (40 items per modality), for every grid point; the "
+                "val-tuned rows take the best.", "", *curve, ""]
     tuned = _tuned(results)
     if tuned:
         out += [f"{sub}Parameters chosen on the validation split", "", *tuned, ""]

@@ -75,3 +75,17 @@ def test_combine_takes_every_regime_and_seed_of_its_parts() -> None:
     got = report.combine([a, b])
     assert list(got["regimes"]["low"]["seeds"]) == ["0", "1"] and got["regimes"]["interfering"]["seeds"]["0"] == {"x": 2}
     assert got["wall_seconds"] == 15.0
+
+
+def test_lambda_curve_table_and_rows_present_in_some_seeds_only() -> None:
+    curve = lambda acc: {"ssam": [{"params": {"lambda": 0.25, "rank": 16}, "single": acc},  # noqa: E731
+                                  {"params": {"lambda": 1.0, "rank": 16}, "single": acc / 2}],
+                         "task_arithmetic": [{"params": {"lambda": 0.25}, "single": acc}]}
+    seeds = {"0": {"rows": {"ssam (default)": _res(0.8), "joint": _res(0.9)}, "tuned": {}, "rank_ablation": {},
+                   "total_rank": 64, "val_curve": curve(0.8)},
+             "1": {"rows": {"ssam (default)": _res(0.6)}, "tuned": {}, "rank_ablation": {}, "total_rank": 64,
+                   "val_curve": curve(0.6)}}
+    md = report.markdown({"mode": "full", "seeds": seeds, "wall_seconds": 1.0})
+    assert "| ssam (k = 16) | 70.0 ± 14.1 | 35.0 ± 7.1 |" in md  # λ = 0.25 and λ = 1, mean ± std over seeds
+    assert "| task_arithmetic | 70.0 ± 14.1 | — |" in md
+    assert "| joint | 90.0 | 90.0 | 90.0 | 90.0 |" in md  # scored on seed 0 only: one value, no std

@@ -21,14 +21,18 @@ def test_regimes_k_below_the_total_rank_in_the_interfering_one() -> None:
     hard, low = run.REGIMES["interfering"], run.REGIMES["low"]
     assert hard.rank == 16 and len(hard.modalities) == 4 and 16 < hard.rank * len(hard.modalities)
     assert low.rank == 8 and hard.train_config(2).seed == 2 and hard.train_config(0).rank == 16
+    # the joint reference on four modalities: four times the steps, so each tower sees a specialist's examples
+    assert hard.train_config(0, modalities=4).steps == 4 * hard.train_config(0).steps == 4 * hard.steps
     assert max(hard.ablation_ranks) == hard.rank * len(hard.modalities)
 
 
 def test_grid_covers_lambda_and_rank_only_where_the_method_takes_them() -> None:
+    curve = (1 / 6, 1 / 3, 3 ** -0.5, 1.0)  # 1/(2n), 1/n, 1/√n (norm matching of orthogonal updates), the sum
     ssam = run.grid("ssam", 3, 24)
-    assert {(p["lambda"], p["rank"]) for p in ssam} == {(l, k) for l in (1 / 3, 2 / 3, 1.0) for k in (8, 24)}
+    assert [(p["lambda"], p["rank"]) for p in ssam] == [(l, 8) for l in curve]  # k = Σr would be task arithmetic
     assert run.grid("average", 3, 24) == [{}]
-    assert [p["lambda"] for p in run.grid("task_arithmetic", 3, 24)] == [1 / 3, 2 / 3, 1.0]
+    assert [p["lambda"] for p in run.grid("task_arithmetic", 3, 24)] == list(curve)
+    assert run.lambda_curve(4) == (0.125, 0.25, 0.5, 1.0)  # n = 4: 1/√n = 2/n, listed once
 
 
 def test_labels_are_unique_per_parameter_set() -> None:
@@ -42,10 +46,12 @@ def _seed(single: float, combined: float) -> dict:
     return {"rows": {"ssam (default)": res, "specialist: image": {"single": {"image": {"digit": 0.0}}, "combined": {}}}}
 
 
-def test_quick_failures_flag_merges_near_chance_only() -> None:
+def test_quick_failures_flag_broken_merges_and_lost_language_deltas() -> None:
     assert run.quick_failures(_seed(0.9, 0.8)) == []
-    failures = run.quick_failures(_seed(0.4, 0.3))
-    assert len(failures) == len(run.PERCEPTUAL) + 1 and all(f.startswith("ssam (default)") for f in failures)
+    failures = run.quick_failures(_seed(0.4, 0.3))  # at chance: every modality, the mean and the combinations
+    assert len(failures) == len(run.MODALITIES) + 2 and all(f.startswith("ssam (default)") for f in failures)
+    towers_only = run.quick_failures(_seed(0.75, 0.8))  # above chance, but what the towers give without a delta
+    assert towers_only == ["ssam (default): mean accuracy over modalities 0.750 < 0.8"]
 
 
 def test_space_is_part_of_the_label_except_the_default_dense() -> None:
