@@ -72,8 +72,16 @@ def to_deltas(loaded: Loaded, n: int, device: torch.device) -> tuple[Optional[to
         elif isinstance(part, LowRankDelta):
             deltas.append(part.to(device, COMPUTE))
         else:
-            deltas.append(DenseDelta(part.to(device, COMPUTE) - base))
+            deltas.append(DenseDelta(_minus(part, base)))
     return base, deltas
+
+
+def _minus(part: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """part − base in float32 on base's device, allocating one tensor: the converted copy is subtracted from in
+    place (a fresh tensor of a 7B weight costs more in page faults than the subtraction, see allocator.py). A part
+    already float32 there is the source's own tensor and is never written to."""
+    moved = part.to(base.device, COMPUTE)
+    return moved.sub_(base) if moved is not part else moved - base
 
 
 def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int, ahead: int,

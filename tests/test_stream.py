@@ -72,3 +72,28 @@ def test_plain_cuda_with_several_visible_devices_spreads_one_worker_per_device()
 
 def test_bind_device_leaves_the_cpu_alone():
     stream_module.bind_device(torch.device("cpu"))  # no CUDA call: would raise on a machine without CUDA
+
+
+@pytest.mark.parametrize("stored", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_dense_deltas_are_the_float32_differences_and_never_write_to_the_inputs(stored):
+    """W_i − W_0 of the float32 values against float64 (one float32 rounding of the difference: 1e-7 relative), the
+    base and every specialist's tensor left exactly as read, whether or not the float32 conversion made a copy."""
+    from ssam_cli.plan import Contribution, PlannedTensor, Role
+    from ssam_cli.stream import Loaded, to_deltas
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(16, 12, generator=g).to(stored)
+    parts = {i: (base.double() + 0.01 * torch.randn(16, 12, generator=g, dtype=torch.float64)).to(stored)
+             for i in range(2)}
+    before = {i: p.clone() for i, p in parts.items()}
+    base_before = base.clone()
+    t = PlannedTensor("w", Role.MERGE, (16, 12), stored, tuple(Contribution(i, "full", "w") for i in range(2)))
+    _, deltas = to_deltas(Loaded(t, base, parts), 3, torch.device("cpu"))
+    for i in range(2):
+        exact = parts[i].float().double() - base.float().double()
+        got = deltas[i].tensor
+        assert got.dtype == torch.float32
+        assert float((got.double() - exact).norm() / exact.norm()) < 1e-7
+        assert torch.equal(parts[i], before[i])
+    assert torch.equal(base, base_before)
+    assert deltas[2].rank == 0  # the specialist that left the weight alone: an exact zero
