@@ -7,12 +7,15 @@
 Cases (each a table of ratios, every row a subprocess timed by wall clock, best of --repeats, interleaved):
   * lora:    `ssam merge` SSAM of 4 × rank-128 adapters → LoRA, default (spectrum summary on) and --no-spectrum,
              against the floor: read every factor once, one R × R Gram and eigvalsh per side per weight, float32
-             Grams, 2 threads; and against the same floor in float64 (what an exact implementation needs).
+             Grams, 2 threads; and against the same floor in float64. It also reports how far SSAM's merged
+             update moves when its Grams, or its Grams and R × R eigendecompositions, are float32 instead of
+             float64 (the floor's precision: fast values, inexact vectors).
   * full:    `ssam merge` of the same adapters → full bf16 checkpoint (the base's first layers, embeddings and
              head) against a hand-written loop: per base tensor W0 + Σ s·B_i·A_i, cast, one save_file.
   * dense:   task arithmetic and TIES on dense fine-tunes, `ssam merge` against mergekit (where installed in
              /work/venv-mergekit, see docs/performance.md), with the largest difference of their outputs.
-  * startup: `ssam --help` and a tiny merge end to end.
+  * startup: `ssam --help` and a tiny merge end to end, beside `import torch` alone (the tiny merge's floor).
+The floor and the hand loop run with THP_MEM_ALLOC_ENABLE=1, as ssam sets it for itself (ssam_cli/allocator.py).
 Peak memory is the sampled RssAnon of the measured process (/proc/PID/status): ru_maxrss would count the
 mmap'd input pages. Inputs come from benchmarks/make_checkpoints.py (cached under benchmarks/.cache/); ssam is
 run through its CLI only. Output: the tables on stdout, and benchmarks/out/perf.md + perf.json.
@@ -87,6 +90,11 @@ def rss_anon_kb(pid: int) -> int:
 def worker(name: str, *args: str) -> list[str]:
     """The command running this file's worker NAME (floor, hand loop, comparison) in its own process."""
     return [PY, str(Path(__file__).resolve()), "--worker", name, *args]
+
+
+# The references get the allocator setting ssam gives itself (ssam_cli/allocator.py): the floor and the hand loop
+# stand for the work, not for torch's default page handling. mergekit runs as its users run it.
+REFERENCE_ENV = {"THP_MEM_ALLOC_ENABLE": "1"}
 
 
 def best(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -170,10 +178,12 @@ def case_lora(a: argparse.Namespace) -> dict[str, Any]:
     rows = side_by_side({
         "ssam merge (default: spectrum summary)": ssam_run(recipe),
         "ssam merge --no-spectrum": ssam_run(recipe, "--no-spectrum"),
-        "floor: factors + float32 Grams + eigvalsh": lambda: measured(worker("floor", "float32", *folders)),
-        "floor in float64 (exact Grams)": lambda: measured(worker("floor", "float64", *folders)),
+        "floor: factors + float32 Grams + eigvalsh": lambda: measured(worker("floor", "float32", *folders), REFERENCE_ENV),
+        "floor in float64 (exact Grams)": lambda: measured(worker("floor", "float64", *folders), REFERENCE_ENV),
     }, a.repeats)
     figures = manifest_figures(out) if (out / "manifest.json").is_file() else {}
+    check = measured(worker("precision", "128", *folders))
+    figures["float32_accuracy"] = json.loads(check["stdout"].splitlines()[-1]) if check["rc"] == 0 else check["stderr"]
     shutil.rmtree(out, ignore_errors=True)
     return {"title": f"LoRA → LoRA: SSAM, 4 × rank-128 Vicuna-7B-shaped adapters, {a.lora_layers} layer(s) "
                      f"({figures.get('merged_weights', '?')} weights)",
@@ -191,7 +201,7 @@ def case_full(a: argparse.Namespace) -> dict[str, Any]:
     rows = side_by_side({
         "ssam merge → full bf16": ssam_run(recipe),
         "hand loop: W0 + Σ s·B·A, cast, save_file": lambda: measured(
-            worker("hand", str(base), str(hand_out), *map(str, adapters))),
+            worker("hand", str(base), str(hand_out), *map(str, adapters)), REFERENCE_ENV),
     }, a.repeats)
     figures = manifest_figures(out) if (out / "manifest.json").is_file() else {}
     if (out / "manifest.json").is_file() and hand_out.is_file():
@@ -245,6 +255,7 @@ def case_startup(a: argparse.Namespace) -> dict[str, Any]:
     script = shutil.which("ssam", path=str(Path(PY).parent))
     variants = {"ssam --help": lambda: measured([script or SSAM[0], *([] if script else SSAM[1:]), "--help"]),
                 "tiny merge (2 × rank-8, 14 weights), end to end": ssam_run(recipe),
+                "python -c 'import torch' (torch's import alone)": lambda: measured([PY, "-c", "import torch"]),
                 "python -c pass (the interpreter alone)": lambda: measured([PY, "-c", "pass"])}
     rows = side_by_side(variants, max(a.repeats, 5))
     shutil.rmtree(out, ignore_errors=True)
@@ -282,6 +293,60 @@ def work_floor(dtype: str, *folders: str) -> dict[str, Any]:
     with ThreadPoolExecutor(2) as pool:
         total = sum(pool.map(one, adapters[0][2]))
     return {"weights": len(adapters[0][2]), "checksum": total}
+
+
+def work_precision(k: str, *folders: str) -> dict[str, Any]:
+    """What float32 costs in accuracy: SSAM's merged update U_cU_cᵀ S V_cV_cᵀ (S = Σ s·B·A) with the Grams, or the
+    Grams and the R × R eigendecompositions, in float32, against all float64, on three of layer 0's weights, as the
+    adapters are stored (balanced factors) and as PEFT trains them (A with flat rows, B holding the spectrum).
+    The floor's float32 Grams + eigvalsh are how fast the values come; this is how wrong the vectors would be."""
+    import torch
+
+    top = int(k)
+    adapters = [_adapter(f) for f in folders]
+
+    def merged(L: torch.Tensor, H: torch.Tensor, ranks: list[int], gram: Any, eig: Any) -> tuple[Any, Any, Any]:
+        """U_c, M = U_cᵀ S V_c and V_c: the merged update U_c M V_cᵀ, kept factored."""
+        grams = {id(X): (X.to(gram).T @ X.to(gram)).to(eig) for X in (L, H)}
+        sides = []
+        for X, Y in ((L, H), (H, L)):
+            C = torch.block_diag(*[torch.linalg.cholesky(b) for b in _blocks(grams[id(Y)], ranks)])
+            core = C.T @ grams[id(X)] @ C
+            lam, W = torch.linalg.eigh((core + core.T) / 2)
+            sides.append(X @ (C.double() @ W.double().flip(1)[:, :top]) / lam.double().flip(0)[:top].sqrt())
+        U, V = sides
+        return U, (U.T @ L) @ (H.T @ V), V
+
+    def distance(a: tuple[Any, Any, Any], b: tuple[Any, Any, Any]) -> float:
+        """‖U₁M₁V₁ᵀ − U₂M₂V₂ᵀ‖_F / ‖U₂M₂V₂ᵀ‖_F through k × k products (float64: exact to ≈ 1e-8 relative)."""
+        def inner(x: tuple[Any, Any, Any], y: tuple[Any, Any, Any]) -> float:
+            return float(torch.trace(x[1].T @ (x[0].T @ y[0]) @ y[1] @ (y[2].T @ x[2])))
+        return max(inner(a, a) + inner(b, b) - 2 * inner(a, b), 0.0) ** 0.5 / inner(b, b) ** 0.5
+
+    errors: dict[str, float] = {}
+    stems = [s for s in adapters[0][2] if ".layers.0." in s][:3]
+    for peft_like in (False, True):
+        for stem in stems:
+            Ls = [f.get_tensor(f"{stem}.lora_B.weight").double() * sc for f, sc, _ in adapters]
+            Hs = [f.get_tensor(f"{stem}.lora_A.weight").double().T for f, _, _ in adapters]
+            if peft_like:  # the same updates, refactored: A's rows orthonormal (× 0.02), B = Δ's spectrum
+                Q_R = [torch.linalg.qr(h) for h in Hs]
+                Ls, Hs = [b @ r.T / 0.02 for b, (_, r) in zip(Ls, Q_R)], [q * 0.02 for q, _ in Q_R]
+            Ls, Hs = [x.float().double() for x in Ls], [x.float().double() for x in Hs]
+            ranks = [x.shape[1] for x in Ls]
+            L, H = torch.cat(Ls, dim=1), torch.cat(Hs, dim=1)
+            exact = merged(L, H, ranks, torch.float64, torch.float64)
+            for label, gram, eig in (("float32 Grams", torch.float32, torch.float64),
+                                     ("float32 Grams + float32 eigh", torch.float32, torch.float32)):
+                key = f"{label}, {'PEFT-like' if peft_like else 'stored'} factors"
+                err = distance(merged(L, H, ranks, gram, eig), exact)
+                errors[key] = max(errors.get(key, 0.0), err)
+    return {"weights": len(stems), "k": top, "merged_update_rel_err": errors}
+
+
+def _blocks(G: Any, ranks: list[int]) -> list[Any]:
+    starts = [sum(ranks[:i]) for i in range(len(ranks))]
+    return [G[a: a + r, a: a + r] for a, r in zip(starts, ranks)]
 
 
 def work_hand(base: str, out: str, *folders: str) -> dict[str, Any]:
@@ -332,7 +397,8 @@ def work_compare(ours: str, theirs: str) -> dict[str, Any]:
             "only_in_one": sorted(set(a) ^ set(b))[:10]}
 
 
-WORKERS: dict[str, Callable[..., dict[str, Any]]] = {"floor": work_floor, "hand": work_hand, "compare": work_compare}
+WORKERS: dict[str, Callable[..., dict[str, Any]]] = {"floor": work_floor, "hand": work_hand, "compare": work_compare,
+                                                     "precision": work_precision}
 
 
 # ---------------------------------------------------------------- the tables

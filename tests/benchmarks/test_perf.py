@@ -53,3 +53,13 @@ def test_floor_reads_every_weight_in_both_precisions(inputs):
     _, adapters = inputs
     for dtype in ("float32", "float64"):
         assert perf.work_floor(dtype, *map(str, adapters))["weights"] == 7
+
+
+def test_precision_check_sees_float32_and_measures_it_against_float64(inputs):
+    """The float32 variants differ from float64 (nonzero: the dtype reaches the Grams and eigh) and stay far from
+    a wrong subspace at toy sizes (relative error < 1e-3), for both factorisations."""
+    _, adapters = inputs
+    got = perf.work_precision("4", *map(str, adapters))
+    errors = got["merged_update_rel_err"]
+    assert got["weights"] == 3 and len(errors) == 4
+    assert all(0.0 < e < 1e-3 for e in errors.values())
