@@ -203,7 +203,7 @@ def compute(p: Prepared, loaded: Loaded, dev: torch.device, prepass: PrepassRun,
         mean = base + sum(d.dense() * (w / sum(weights)) for d, w in zip(deltas, weights))
         value = merged_finite(t.name, mean).to("cpu", fmt.out_dtype(t))
     else:
-        base, deltas = to_deltas(loaded, n, dev)
+        base, deltas = to_deltas(loaded, n, dev, writable_base=True)  # materialize may add into it
         state = prepass.state if t.name in prepass.weights else None
         result = merge_in_space(p.method, deltas, weights, t.params, merge_context(p, t, dev, state), t.space)
         value = fmt.materialize(t, base, result.delta)

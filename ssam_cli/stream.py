@@ -59,9 +59,13 @@ def checked_finite(tensor: torch.Tensor, who: str, source: Source, key: str) -> 
                                   "a merge of it would be meaningless")
 
 
-def to_deltas(loaded: Loaded, n: int, device: torch.device) -> tuple[Optional[torch.Tensor], list[Delta]]:
-    """The base value and one delta per specialist, float32 on device (rank-0 zero where a specialist left it)."""
-    base = loaded.base.to(device, COMPUTE) if loaded.base is not None else None
+def to_deltas(loaded: Loaded, n: int, device: torch.device,
+              writable_base: bool = False) -> tuple[Optional[torch.Tensor], list[Delta]]:
+    """The base value and one delta per specialist, float32 on device (rank-0 zero where a specialist left it).
+
+    With `writable_base` the base value is a tensor of its own, never the source's, so that an output format can
+    add the merged update into it in place (one weight-sized allocation fewer per weight, see allocator.py)."""
+    base = loaded.base.to(device, COMPUTE, copy=writable_base) if loaded.base is not None else None
     deltas: list[Delta] = []
     shape = loaded.tensor.shape
     for i in range(n):

@@ -97,3 +97,19 @@ def test_dense_deltas_are_the_float32_differences_and_never_write_to_the_inputs(
         assert torch.equal(parts[i], before[i])
     assert torch.equal(base, base_before)
     assert deltas[2].rank == 0  # the specialist that left the weight alone: an exact zero
+
+
+@pytest.mark.parametrize("stored", [torch.bfloat16, torch.float32])
+def test_a_writable_base_is_a_copy_of_its_own_even_when_no_conversion_was_needed(stored):
+    """The full format adds the merged update into the base value in place: it must never be the source's tensor
+    (for a float32 base that would write into the input's memory)."""
+    from ssam_cli.plan import PlannedTensor, Role
+    from ssam_cli.stream import Loaded, to_deltas
+
+    source = torch.randn(6, 5).to(stored)
+    t = PlannedTensor("w", Role.MERGE, (6, 5), stored)
+    shared, _ = to_deltas(Loaded(t, source, {}), 1, torch.device("cpu"))
+    own, _ = to_deltas(Loaded(t, source, {}), 1, torch.device("cpu"), writable_base=True)
+    assert torch.equal(own, source.float())
+    assert own.data_ptr() != source.data_ptr()
+    assert (shared.data_ptr() == source.data_ptr()) == (stored == torch.float32)  # no copy unless asked

@@ -86,7 +86,8 @@ class OutputFormat(ABC):
 
     @abstractmethod
     def materialize(self, t: PlannedTensor, base: Optional[torch.Tensor], delta: Delta) -> Any:
-        """The value to accept for merged weight t (runs in a worker thread: pure, no writing)."""
+        """The value to accept for merged weight t (runs in a worker thread: no writing to the output). `base` is
+        this weight's own float32 copy (or None when the format reads no base weights): it may be written to."""
 
     def open(self, folder: Path) -> None:
         self.folder = folder

@@ -28,12 +28,12 @@ class FullOutput(OutputFormat):
 
     def materialize(self, t: PlannedTensor, base: Optional[torch.Tensor], delta: Delta) -> Any:
         """W_0 + Δ in float32, then cast. A low-rank Δ = s·B·A (SSAM's: rank k) is one GEMM of inner size k
-        accumulated onto W_0 (no d_out × d_in temporary for Δ)."""
+        accumulated onto W_0 (no d_out × d_in temporary for Δ). Both add into the base's own copy in place."""
         assert base is not None, "a full output reads every base weight"
         if isinstance(delta, LowRankDelta):
-            merged = torch.addmm(base, delta.B, delta.A, alpha=delta.scale) if delta.rank else base
+            merged = base.addmm_(delta.B, delta.A, alpha=delta.scale) if delta.rank else base
         else:
-            merged = base + delta.dense()
+            merged = base.add_(delta.dense())
         return merged_finite(t.name, merged).to("cpu", self.out_dtype(t))
 
     def open(self, folder) -> None:
