@@ -179,6 +179,15 @@ MUTANTS: list[Mutant] = [
       also=(("return [s.weight for s in self.specialists]", "return [1.0 for s in self.specialists]"),)),
     m("engine-average-weights", "d.dense() * (w / sum(weights))", "d.dense() * (1 / len(weights))",
       f"tests/test_engine.py {E2E}", "biases and norms averaged without the weights"),
+    # the arithmetic of issue 16's allocation savings (stream.py, deltas.py, outputs/full.py)
+    m("delta-writes-input", "return moved.sub_(base) if moved is not part else moved - base",
+      "return moved.sub_(base)", "tests/test_stream.py", "a float32 input's delta computed in the source's memory"),
+    m("base-not-copied", "copy=writable_base", "copy=False", "tests/test_stream.py tests/outputs/test_full.py",
+      "the full format adds into the source's own float32 base tensor"),
+    m("norm-float64-in-float32", "(x if x.dtype == torch.float64 else x.float())", "x.float()",
+      "tests/test_deltas.py tests/methods/test_optmerge.py", "float64 norms rounded to float32"),
+    m("weighted-sum-fused", "total.add_(d.dense() if w == 1 else d.dense() * w)", "total.add_(d.dense(), alpha=w)",
+      "tests/test_deltas.py", "a fused w·Δ + t: outputs no longer bit-identical to the term-by-term sum"),
 ]
 
 
