@@ -129,9 +129,8 @@ def auto_lambda(sum_norm: float, merged_norm: float, n: int) -> float:
     for SSAM, where λ restores the norm the projection dropped). Why the mean's norm: for inputs in every direction,
     the scale c minimising Σ_i ‖cΣ_jΔ_j − Δ_i‖²_F (each specialist's own layer output kept as well as one update
     can) is c = 1/n whatever the updates' overlap: orthogonal weights are not orthogonal effects, each update acts
-    on every specialist's inputs. The lab measured it (docs/lab.md): updates there are nearly orthogonal, yet every
-    λ ≥ 0.35 sent the four-specialist sum to chance. Capped at 1 (never more than the plain projected sum); a zero
-    projected sum gets 1/n (there is nothing to scale)."""
+    on every specialist's inputs. How it compares with λ tuned on validation data: docs/methods.md, docs/lab.md.
+    Capped at 1 (never more than the plain projected sum); a zero projected sum gets 1/n (nothing to scale)."""
     if merged_norm <= 0.0:
         return 1.0 / n
     return min(1.0, sum_norm / (n * merged_norm))
