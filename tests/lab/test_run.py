@@ -21,8 +21,10 @@ def test_regimes_k_below_the_total_rank_in_the_interfering_one() -> None:
     hard, low = run.REGIMES["interfering"], run.REGIMES["low"]
     assert hard.rank == 16 and len(hard.modalities) == 4 and 16 < hard.rank * len(hard.modalities)
     assert low.rank == 8 and hard.train_config(2).seed == 2 and hard.train_config(0).rank == 16
-    # the joint reference on four modalities: four times the steps, so each tower sees a specialist's examples
-    assert hard.train_config(0, modalities=4).steps == 4 * hard.train_config(0).steps == 4 * hard.steps
+    # the joint reference on four modalities: a four times larger batch for the same steps, so each tower sees a
+    # specialist's examples in a specialist's number of updates
+    joint, one = hard.train_config(0, modalities=4), hard.train_config(0)
+    assert joint.batch == 4 * one.batch and joint.steps == one.steps == hard.steps
     assert max(hard.ablation_ranks) == hard.rank * len(hard.modalities)
 
 
