@@ -37,7 +37,7 @@ if ! "$PY" -c "import pydantic" 2>/dev/null; then
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=".:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
-export THP_MEM_ALLOC_ENABLE=1  # as the ssam CLI sets for itself (ssam_cli/allocator.py); gpu_check calls the API
+export THP_MEM_ALLOC_ENABLE=1  # as `ssam merge` sets it for full outputs (ssam_cli/allocator.py); gpu_check calls the API
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print('torch', torch.__version__, torch.cuda.get_device_name())"
 status=0

@@ -15,7 +15,7 @@ Cases (each a table of ratios, every row a subprocess timed by wall clock, best 
   * dense:   task arithmetic and TIES on dense fine-tunes, `ssam merge` against mergekit (where installed in
              /work/venv-mergekit, see docs/performance.md), with the largest difference of their outputs.
   * startup: `ssam --help` and a tiny merge end to end, beside `import torch` alone (the tiny merge's floor).
-The floor and the hand loop run with THP_MEM_ALLOC_ENABLE=1, as ssam sets it for itself (ssam_cli/allocator.py).
+The hand loop runs with THP_MEM_ALLOC_ENABLE=1, as ssam sets it for full outputs (ssam_cli/allocator.py).
 Peak memory is the sampled RssAnon of the measured process (/proc/PID/status): ru_maxrss would count the
 mmap'd input pages. Inputs come from benchmarks/make_checkpoints.py (cached under benchmarks/.cache/); ssam is
 run through its CLI only. Output: the tables on stdout, and benchmarks/out/perf.md + perf.json.
@@ -92,8 +92,9 @@ def worker(name: str, *args: str) -> list[str]:
     return [PY, str(Path(__file__).resolve()), "--worker", name, *args]
 
 
-# The references get the allocator setting ssam gives itself (ssam_cli/allocator.py): the floor and the hand loop
-# stand for the work, not for torch's default page handling. mergekit runs as its users run it.
+# The hand loop gets the allocator setting ssam gives itself for whole-weight outputs (ssam_cli/allocator.py): it
+# stands for the work, not for torch's default page handling. The LoRA floor runs as ssam's LoRA merges do (without
+# it); mergekit runs as its users run it.
 REFERENCE_ENV = {"THP_MEM_ALLOC_ENABLE": "1"}
 
 
@@ -178,8 +179,8 @@ def case_lora(a: argparse.Namespace) -> dict[str, Any]:
     rows = side_by_side({
         "ssam merge (default: spectrum summary)": ssam_run(recipe),
         "ssam merge --no-spectrum": ssam_run(recipe, "--no-spectrum"),
-        "floor: factors + float32 Grams + eigvalsh": lambda: measured(worker("floor", "float32", *folders), REFERENCE_ENV),
-        "floor in float64 (exact Grams)": lambda: measured(worker("floor", "float64", *folders), REFERENCE_ENV),
+        "floor: factors + float32 Grams + eigvalsh": lambda: measured(worker("floor", "float32", *folders)),
+        "floor in float64 (exact Grams)": lambda: measured(worker("floor", "float64", *folders)),
     }, a.repeats)
     figures = manifest_figures(out) if (out / "manifest.json").is_file() else {}
     check = measured(worker("precision", "128", *folders))

@@ -9,15 +9,11 @@ import sys
 
 import typer
 
-from ssam_cli.allocator import use_huge_pages
-
-use_huge_pages()  # before any command imports torch
-
-from ssam_cli import __version__  # noqa: E402
-from ssam_cli.commands.merge import merge, validate  # noqa: E402
-from ssam_cli.commands.methods import methods  # noqa: E402
-from ssam_cli.commands.push import push  # noqa: E402
-from ssam_cli.commands.spectrum import inspect_spectrum  # noqa: E402
+from ssam_cli import __version__
+from ssam_cli.commands.merge import merge, validate
+from ssam_cli.commands.methods import methods
+from ssam_cli.commands.push import push
+from ssam_cli.commands.spectrum import inspect_spectrum
 
 app = typer.Typer(
     name="ssam",

@@ -32,6 +32,9 @@ def merge(
 
         ssam merge recipes/demo.yaml --overwrite
     """
+    from ssam_cli.allocator import use_huge_pages_for
+
+    use_huge_pages_for(recipe)  # before torch is imported (by api)
     from ssam_cli import api
     from ssam_cli.commands.render import console, plan_table, summary_table
 
