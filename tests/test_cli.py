@@ -84,3 +84,6 @@ def test_dry_run_and_device_override(tiny):
 def test_methods_lists_the_registry():
     out = ssam("methods")
     assert out.returncode == 0 and "ssam" in out.stdout and "rank (128)" in out.stdout
+    rows = {line.split("│")[1].strip(): line for line in out.stdout.splitlines() if line.count("│") > 2}
+    assert "lambda (1/n)" in rows["ssam"] and "lambda (1)" in rows["ties"]  # the defaults merges use; no "auto"
+    assert "auto" not in "".join(rows.values())

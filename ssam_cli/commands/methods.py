@@ -9,6 +9,7 @@ def methods() -> None:
 
     from ssam_cli.commands.render import console
     from ssam_cli.methods import REGISTRY
+    from ssam_cli.methods.base import ScaledParams, default_lambda
 
     table = Table(title="merge methods (recipe key: method)")
     table.add_column("method", style="bold")
@@ -18,7 +19,8 @@ def methods() -> None:
     for spec in REGISTRY.values():
         params = []
         for name, f in spec.params.model_fields.items():
-            default = f.default if f.default is not None else "auto"
+            scaled = name == "lam" and issubclass(spec.params, ScaledParams)
+            default = default_lambda(spec.params) if scaled and f.default is None else f.default
             params.append(f"{f.alias or name} ({default})")
         table.add_row(spec.name, f"{spec.summary}\n[dim]{spec.paper}[/dim]", "\n".join(params) or "—",
                       "yes" if spec.lowrank_output else "no")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Callable, Iterator, Literal, Optional, Protocol, Sequence, Union, get_args
+from typing import Annotated, Any, Callable, ClassVar, Iterator, Literal, Optional, Protocol, Sequence, Union, get_args
 
 import torch
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -29,8 +29,10 @@ class MethodParams(BaseModel):
 
 
 class ScaledParams(MethodParams):
-    """Parameters of a method whose paper scales the merged vector by λ (None: the method's default)."""
+    """Parameters of a method whose paper scales the merged vector by λ (None: the method's default, 1 — a sum —
+    or 1/n — a mean — where `mean_by_default` says so, as SSAM's paper does)."""
 
+    mean_by_default: ClassVar[bool] = False
     lam: Optional[float] = Field(default=None, alias="lambda", description="scale of the merged vector")
 
 
@@ -136,8 +138,13 @@ def auto_lambda(sum_norm: float, merged_norm: float, n: int) -> float:
     return min(1.0, sum_norm / (n * merged_norm))
 
 
-def resolve_lambda(lam: Optional[float], n: int, default_is_mean: bool) -> float:
-    """λ as given, else 1/n where the paper's default is the mean (SSAM), else 1."""
-    if lam is not None:
-        return lam
-    return 1.0 / n if default_is_mean else 1.0
+def resolve_lambda(params: ScaledParams, n: int) -> float:
+    """λ as given, else the method's default: 1/n where its paper's is the mean (SSAM), else 1."""
+    if params.lam is not None:
+        return float(params.lam)
+    return 1.0 / n if params.mean_by_default else 1.0
+
+
+def default_lambda(params: type[ScaledParams]) -> str:
+    """The default λ as `ssam methods` prints it."""
+    return "1/n" if params.mean_by_default else "1"

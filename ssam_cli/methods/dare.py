@@ -46,7 +46,7 @@ def _dropped(deltas: Sequence[Delta], p: float, ctx: MergeContext) -> list[torch
 
 def merge_linear(deltas: Sequence[Delta], weights: Sequence[float], params: DareParams,
                  ctx: MergeContext) -> MergeResult:
-    lam = resolve_lambda(params.lam, ctx.n_specialists, default_is_mean=False)
+    lam = resolve_lambda(params, ctx.n_specialists)
     total = sum(x * w for x, w in zip(_dropped(deltas, params.p, ctx), weights))
     merged = DenseDelta(total * lam)
     return MergeResult(merged, {"lambda": lam, "p": params.p, "norm_merged": frobenius_norm(merged)})
@@ -54,7 +54,7 @@ def merge_linear(deltas: Sequence[Delta], weights: Sequence[float], params: Dare
 
 def merge_ties(deltas: Sequence[Delta], weights: Sequence[float], params: DareTiesParams,
                ctx: MergeContext) -> MergeResult:
-    lam = resolve_lambda(params.lam, ctx.n_specialists, default_is_mean=False)
+    lam = resolve_lambda(params, ctx.n_specialists)
     out, trim_stats = trimmed_ties(_dropped(deltas, params.p, ctx), weights, params.density, params.trim, ctx)
     merged = DenseDelta(out * lam)
     stats = {"lambda": lam, "p": params.p, "density": params.density, **trim_stats,

@@ -34,7 +34,7 @@ class IsoCtsParams(ScaledParams):
 
 
 def merge_c(deltas: Sequence[Delta], weights: Sequence[float], params: IsoCParams, ctx: MergeContext) -> MergeResult:
-    lam = resolve_lambda(params.lam, ctx.n_specialists, default_is_mean=False)
+    lam = resolve_lambda(params, ctx.n_specialists)
     total = weighted_sum(deltas, weights)
     shape = total.shape
     if params.nonzero_only:
@@ -63,7 +63,7 @@ def subspace_sizes(r: int, n: int, fraction: float) -> tuple[int, int]:
 
 def merge_cts(deltas: Sequence[Delta], weights: Sequence[float], params: IsoCtsParams,
               ctx: MergeContext) -> MergeResult:
-    lam = resolve_lambda(params.lam, ctx.n_specialists, default_is_mean=False)
+    lam = resolve_lambda(params, ctx.n_specialists)
     tasks = [d.scaled(w).dense() for d, w in zip(deltas, weights)]
     total = sum(tasks[1:], tasks[0].clone())
     k, s = subspace_sizes(min(total.shape), len(tasks), params.common_fraction)

@@ -43,7 +43,7 @@ def _truncated(delta: Delta, k: int, shape: tuple[int, int]) -> tuple[LowRankDel
 
 def merge(deltas: Sequence[Delta], weights: Sequence[float], params: OptMergeParams,
           ctx: MergeContext) -> MergeResult:
-    lam = resolve_lambda(params.lam, ctx.n_specialists, default_is_mean=False)
+    lam = resolve_lambda(params, ctx.n_specialists)
     variant = params.variant if params.variant != "auto" else ("lora" if all_lowrank(list(deltas)) else "full")
     optimizer, default_lr = VARIANTS[variant]
     lr = params.lr if params.lr is not None else default_lr

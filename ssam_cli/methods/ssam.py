@@ -6,7 +6,7 @@ result stays rank ≤ k, so it is returned factored and can be written as a LoRA
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 from pydantic import Field
@@ -27,6 +27,7 @@ class SsamParams(AutoScaledParams):
     """k, the consensus subspace rank (paper: 128), λ (paper: 1/n; or auto), and `exact` to refuse the randomized
     bases."""
 
+    mean_by_default: ClassVar[bool] = True  # the paper's λ = 1/n
     rank: PositiveRank = 128
     exact: bool = Field(default=False, description="dense updates: exact consensus bases even for large weights "
                                                     "(slow; by default weights ≥ 2048 on both sides are sketched)")
@@ -41,10 +42,10 @@ def merge(deltas: Sequence[Delta], weights: Sequence[float], params: SsamParams,
     else:
         C = project_sum(weighted, U, V)
         norm_sum = frobenius_norm(weighted_sum(weighted, [1.0] * len(weighted)))
-    if params.lam == AUTO:
-        lam = _auto_lambda(weighted, U, V, C)
+    if params.lam == AUTO:  # P the consensus projection: ‖ΣPΔ_i‖_F = ‖C‖_F (orthonormal bases)
+        lam = auto_lambda(norm_sum, float(torch.linalg.vector_norm(C.double())), len(weighted))
     else:
-        lam = resolve_lambda(params.lam, ctx.n_specialists, default_is_mean=True)
+        lam = resolve_lambda(params, ctx.n_specialists)
     if V.shape[1] <= U.shape[1]:
         merged = LowRankDelta((U @ C) * lam, V.T.contiguous())
     else:
@@ -64,13 +65,6 @@ def merge(deltas: Sequence[Delta], weights: Sequence[float], params: SsamParams,
         "norm_merged": abs(lam) * float(torch.linalg.vector_norm(C.double())),  # U_c, V_c orthonormal
     }
     return MergeResult(merged, stats, bases if route == "factored" else None)
-
-
-def _auto_lambda(weighted: Sequence[Delta], U: torch.Tensor, V: torch.Tensor, C: torch.Tensor) -> float:
-    """`lambda: auto` with P the consensus projection: ‖ΣPΔ_i‖_F = ‖C‖_F with C = U_cᵀSV_c (orthonormal bases),
-    which merge has already; ‖S‖_F goes through the factors' Grams when the inputs are low-rank."""
-    sum_norm = frobenius_norm(weighted_sum(weighted, [1.0] * len(weighted)))
-    return auto_lambda(sum_norm, float(torch.linalg.vector_norm(C.double())), len(weighted))
 
 
 def _bases(weighted: Sequence[Delta], params: SsamParams, ctx: MergeContext) -> tuple[ConsensusBases, str]:

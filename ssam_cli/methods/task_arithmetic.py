@@ -13,11 +13,10 @@ class TaskArithmeticParams(AutoScaledParams):
 
 
 def merge(deltas: Sequence[Delta], weights: Sequence[float], params: TaskArithmeticParams, ctx: MergeContext) -> MergeResult:
-    if params.lam == AUTO:  # P = identity: the merged update's norm is the sum's, so the rule gives 1/n
-        norm = frobenius_norm(weighted_sum(deltas, list(weights)))
-        lam = auto_lambda(norm, norm, ctx.n_specialists)
+    if params.lam == AUTO:  # P = identity: both norms of the rule are ‖Σ w_iΔ_i‖, whose value cancels (λ = 1/n)
+        lam = auto_lambda(1.0, 1.0, ctx.n_specialists)
     else:
-        lam = resolve_lambda(params.lam, ctx.n_specialists, default_is_mean=False)
+        lam = resolve_lambda(params, ctx.n_specialists)
     merged = weighted_sum(deltas, [w * lam for w in weights])
     return MergeResult(merged, {"lambda": lam, "norm_merged": frobenius_norm(merged)})
 

@@ -25,7 +25,7 @@ class TiesParams(ScaledParams):
 
 
 def merge(deltas: Sequence[Delta], weights: Sequence[float], params: TiesParams, ctx: MergeContext) -> MergeResult:
-    lam = resolve_lambda(params.lam, ctx.n_specialists, default_is_mean=False)
+    lam = resolve_lambda(params, ctx.n_specialists)
     out, trim_stats = trimmed_ties([d.dense() for d in deltas], weights, params.density, params.trim, ctx)
     merged = DenseDelta(out * lam)
     stats = {"lambda": lam, "density": params.density, **trim_stats, "norm_merged": frobenius_norm(merged)}

@@ -24,7 +24,7 @@ class TsvParams(ScaledParams):
 
 
 def merge(deltas: Sequence[Delta], weights: Sequence[float], params: TsvParams, ctx: MergeContext) -> MergeResult:
-    lam = resolve_lambda(params.lam, ctx.n_specialists, default_is_mean=False)
+    lam = resolve_lambda(params, ctx.n_specialists)
     shape = deltas[0].shape
     k = max(1, min(shape) // len(deltas))
     parts = [thin_svd(d.scaled(w)) for d, w in zip(deltas, weights)]

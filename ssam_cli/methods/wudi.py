@@ -34,7 +34,7 @@ def gram_root(delta: Delta) -> torch.Tensor:
 
 
 def merge(deltas: Sequence[Delta], weights: Sequence[float], params: WudiParams, ctx: MergeContext) -> MergeResult:
-    lam = resolve_lambda(params.lam, ctx.n_specialists, default_is_mean=False)
+    lam = resolve_lambda(params, ctx.n_specialists)
     tasks_in = [d.scaled(w) for d, w in zip(deltas, weights)]
     shape = tasks_in[0].shape
     tasks = [Task(d, gram_root(d), frobenius_norm(d) ** 2) for d in tasks_in]
