@@ -42,8 +42,9 @@ def merge(deltas: Sequence[Delta], weights: Sequence[float], params: SsamParams,
     else:
         C = project_sum(weighted, U, V)
         norm_sum = frobenius_norm(weighted_sum(weighted, [1.0] * len(weighted)))
-    if params.lam == AUTO:  # P the consensus projection: ‖ΣPΔ_i‖_F = ‖C‖_F (orthonormal bases)
-        lam = auto_lambda(norm_sum, float(torch.linalg.vector_norm(C.double())), len(weighted))
+    norm_projected = float(torch.linalg.vector_norm(C.double()))  # ‖ΣPΔ_i‖_F = ‖C‖_F (U_c, V_c orthonormal)
+    if params.lam == AUTO:  # P the consensus projection
+        lam = auto_lambda(norm_sum, norm_projected, len(weighted))
     else:
         lam = resolve_lambda(params, ctx.n_specialists)
     if V.shape[1] <= U.shape[1]:
@@ -62,7 +63,7 @@ def merge(deltas: Sequence[Delta], weights: Sequence[float], params: SsamParams,
         "bases": route,
         **_sketch_stats(bases),
         "norm_sum": norm_sum,
-        "norm_merged": abs(lam) * float(torch.linalg.vector_norm(C.double())),  # U_c, V_c orthonormal
+        "norm_merged": abs(lam) * norm_projected,
     }
     return MergeResult(merged, stats, bases if route == "factored" else None)
 
