@@ -308,11 +308,11 @@ def work_precision(k: str, *folders: str) -> dict[str, Any]:
 
     def merged(L: torch.Tensor, H: torch.Tensor, ranks: list[int], gram: Any, eig: Any) -> tuple[Any, Any, Any]:
         """U_c, M = U_cᵀ S V_c and V_c: the merged update U_c M V_cᵀ, kept factored."""
-        grams = {id(X): (X.to(gram).T @ X.to(gram)).to(eig) for X in (L, H)}
+        gram_l, gram_h = ((X.to(gram).T @ X.to(gram)).to(eig) for X in (L, H))
         sides = []
-        for X, Y in ((L, H), (H, L)):
-            C = torch.block_diag(*[torch.linalg.cholesky(b) for b in _blocks(grams[id(Y)], ranks)])
-            core = C.T @ grams[id(X)] @ C
+        for X, gram_x, gram_y in ((L, gram_l, gram_h), (H, gram_h, gram_l)):
+            C = torch.block_diag(*[torch.linalg.cholesky(b) for b in _blocks(gram_y, ranks)])
+            core = C.T @ gram_x @ C
             lam, W = torch.linalg.eigh((core + core.T) / 2)
             sides.append(X @ (C.double() @ W.double().flip(1)[:, :top]) / lam.double().flip(0)[:top].sqrt())
         U, V = sides
